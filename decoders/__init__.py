@@ -1,0 +1,10 @@
+"""Decoders: logits -> tokens. Greedy, sampling and beam search over a KV-cached GPT, with
+transformers' generate() semantics, and small logits processors they compose."""
+
+from . import processors
+from .beam import beam_search
+from .generation import Generation, sequence_logprob
+from .greedy import greedy
+from .sampling import sample
+
+__all__ = ["greedy", "sample", "beam_search", "Generation", "sequence_logprob", "processors"]

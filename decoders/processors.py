@@ -1,0 +1,102 @@
+"""Logits processors: small pure functions (b v) -> (b v), each testable alone.
+
+They mirror transformers' `generation/logits_process.py` and run in its order (`chain`):
+repetition penalty, n-gram blocking, minimum length, then, when sampling, temperature, top-k,
+top-p. History-based ones take the tokens so far (b n) and `real` (b n), False on left padding,
+so padding never changes a row's answer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+Processor = Callable[[Tensor, Tensor, Tensor, int], Tensor]  # (logits, tokens, real, new_so_far) -> logits
+
+
+def repetition_penalty(logits: Tensor, tokens: Tensor, real: Tensor, penalty: float) -> Tensor:
+    """Make every token already in the row less likely (CTRL, Keskar et al. 2019): positive
+    logits are divided by the penalty, negative ones multiplied, each distinct token once."""
+    vocab = logits.shape[-1]
+    seen = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    seen.scatter_(1, tokens.masked_fill(~real, vocab), True)  # padding lands in the spare column
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen[:, :vocab], penalized, logits)
+
+
+def no_repeat_ngram(logits: Tensor, tokens: Tensor, real: Tensor, n: int) -> Tensor:
+    """Forbid any token that would complete an n-gram the row already holds (prompt included)."""
+    if tokens.shape[1] < n:
+        return logits
+    windows = tokens.unfold(1, n, 1)  # (b w n): every n-gram so far
+    whole = real.unfold(1, n, 1).all(dim=-1)  # (b w): n-grams that do not reach into padding
+    prefix = tokens[:, tokens.shape[1] - (n - 1) :]  # (b n-1): the last n-1 tokens
+    completes = (windows[..., :-1] == prefix[:, None, :]).all(dim=-1) & whole  # (b w)
+    vocab = logits.shape[-1]
+    banned = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    banned.scatter_(1, torch.where(completes, windows[..., -1], vocab), True)
+    return logits.masked_fill(banned[:, :vocab], float("-inf"))
+
+
+def forbid_tokens(logits: Tensor, token_ids: list[int]) -> Tensor:
+    """Give the listed tokens probability zero (used to hold back EOS before a minimum length)."""
+    logits = logits.clone()
+    logits[:, token_ids] = float("-inf")
+    return logits
+
+
+def temperature(logits: Tensor, t: float) -> Tensor:
+    """t < 1 sharpens the distribution, t > 1 flattens it."""
+    return logits / t
+
+
+def top_k(logits: Tensor, k: int) -> Tensor:
+    """Keep the k most likely tokens (and any tied with the k-th)."""
+    kth = torch.topk(logits, min(k, logits.shape[-1])).values[:, -1:]  # (b 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p(logits: Tensor, p: float) -> Tensor:
+    """Nucleus sampling (Holtzman et al. 2019): keep the most likely tokens whose probabilities
+    reach p, including the one that crosses it. Computed from the unlikely end, as transformers
+    does: drop tokens while their cumulative probability stays within 1 - p."""
+    ascending, order = torch.sort(logits, descending=False)
+    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= (1 - p)
+    drop[:, -1] = False  # the most likely token always stays
+    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+
+
+def chain(
+    *,
+    repetition: float = 1.0,
+    ngram: int = 0,
+    min_new_tokens: int = 0,
+    eos_token_id: int | None = None,
+    t: float = 1.0,
+    k: int = 0,
+    p: float = 1.0,
+) -> Processor:
+    """The processors these options ask for, composed in transformers' order; off ones are left out."""
+    steps: list[Processor] = []
+    if repetition != 1.0:
+        steps.append(lambda x, tokens, real, new: repetition_penalty(x, tokens, real, repetition))
+    if ngram > 0:
+        steps.append(lambda x, tokens, real, new: no_repeat_ngram(x, tokens, real, ngram))
+    if min_new_tokens > 0 and eos_token_id is not None:
+        steps.append(lambda x, tokens, real, new: forbid_tokens(x, [eos_token_id]) if new < min_new_tokens else x)
+    if t != 1.0:
+        steps.append(lambda x, tokens, real, new: temperature(x, t))
+    if k > 0:
+        steps.append(lambda x, tokens, real, new: top_k(x, k))
+    if p < 1.0:
+        steps.append(lambda x, tokens, real, new: top_p(x, p))
+
+    def run(logits: Tensor, tokens: Tensor, real: Tensor, new_so_far: int) -> Tensor:
+        for step in steps:
+            logits = step(logits, tokens, real, new_so_far)
+        return logits
+
+    return run

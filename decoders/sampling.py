@@ -1,0 +1,59 @@
+"""Ancestral sampling: draw each token from the (processed) distribution."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .generation import Generation, check_options
+from .processors import chain
+from .token_loop import token_loop
+
+
+def sample(
+    model,
+    input_ids: Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    attention_mask: Tensor | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    min_new_tokens: int = 0,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
+    on_token: Callable[[Tensor], None] | None = None,
+) -> Generation:
+    """Extend each prompt row by up to max_new_tokens sampled tokens.
+
+    top_k=0 and top_p=1.0 are off. Note that transformers' generate() applies top_k=50 when
+    sampling unless told otherwise; pass top_k=50 here to get its default behaviour.
+    temperature=0 is the limit of an ever sharper distribution: it decodes greedily (argmax of
+    the processed logits) and draws nothing from the generator.
+    With generator=torch.Generator().manual_seed(s), the tokens equal those of
+    `torch.manual_seed(s); model.generate(do_sample=True, ...)` with the same options.
+    Other options, padding and stopping are as in `greedy`.
+    """
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 is off), got {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 is off), got {top_p}")
+    pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                        no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+                       eos_token_id=eos_token_id, t=temperature or 1.0, k=top_k, p=top_p)
+
+    def draw(logits: Tensor) -> Tensor:
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)[:, 0]
+
+    return token_loop(model, input_ids, choose=draw, processors=processors, max_new_tokens=max_new_tokens,
+                      attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad, on_token=on_token)

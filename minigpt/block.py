@@ -1,0 +1,42 @@
+"""One transformer block: two pre-LayerNorm residual lines, attention then MLP (GPT-2 paper, 2.3)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from .attention import AttendFn, CausalSelfAttention, explicit_attention
+from .config import GPTConfig
+from .mlp import MLP
+
+
+class TransformerBlock(nn.Module):
+    """x + attn(ln_1(x)), then x + mlp(ln_2(x)). Every part is passed in, so one can be swapped."""
+
+    def __init__(self, ln_1: nn.Module, attn: CausalSelfAttention, ln_2: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
+
+    def forward(
+        self,
+        x: Tensor,
+        allowed: Tensor,
+        kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        head_scale: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (b t d) -> (b t d), and the attention pattern (b h t s) or None."""
+        attended, pattern = self.attn(self.ln_1(x), allowed, kv, head_scale)
+        x = x + attended
+        x = x + self.mlp(self.ln_2(x))
+        return x, pattern
+
+
+def gpt2_block(config: GPTConfig, attend: AttendFn = explicit_attention) -> TransformerBlock:
+    """The block GPT-2 uses. Pass `functools.partial(gpt2_block, attend=fused_attention)` to swap kernels."""
+    return TransformerBlock(
+        ln_1=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        attn=CausalSelfAttention(config.n_embd, config.n_head, config.dropout, attend),
+        ln_2=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        mlp=MLP(config.n_embd, config.mlp_width, config.dropout),
+    )

@@ -1,0 +1,165 @@
+"""GPT-2's hyperparameters, read strictly from a checkpoint's `config.json`.
+
+Mirrors the fields of `transformers.GPT2Config` that change the architecture. A field we do not
+understand is an error rather than a silent default: a config that asks for another activation or
+a scaled attention describes a model this code does not build, and loading weights into it
+would give wrong logits without a word.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+END_OF_TEXT_ID = 50256
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd, as in GPT-2
+    vocab_size: int = 50257
+    n_positions: int = 1024  # the context: how many positions have an embedding
+    layer_norm_epsilon: float = 1e-5
+    dropout: float = 0.0  # one rate for embeddings, attention weights and residuals
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                "each head gets n_embd / n_head dimensions"
+            )
+        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
+            raise ValueError(f"GPTConfig.n_inner must be a positive integer or None, got {self.n_inner!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.layer_norm_epsilon > 0:
+            raise ValueError(f"GPTConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    # ---- presets -------------------------------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str) -> GPTConfig:
+        """The shape of a published checkpoint (`gpt2`, `gpt2-medium`, ...) or `tiny` for tests."""
+        short = name.removeprefix("openai-community/").removeprefix("distilbert/")
+        if short not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        return PRESETS[short]
+
+    # ---- config.json ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> GPTConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        try:
+            fields = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(fields).__name__}")
+        try:
+            return cls.from_hf_dict(fields)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_hf_dict(cls, fields: dict[str, Any]) -> GPTConfig:
+        """Build from the keys transformers writes for GPT-2; refuse what would change the model."""
+        unknown = sorted(set(fields) - set(_USED) - set(_MUST_EQUAL) - _IGNORED)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}: minigpt does not know what they change")
+        for key, expected in _MUST_EQUAL.items():
+            if key in fields and fields[key] != expected:
+                raise ValueError(
+                    f"config field {key}={fields[key]!r} is not supported (minigpt builds GPT-2 with {key}={expected!r})"
+                )
+        if "n_ctx" in fields and "n_positions" in fields and fields["n_ctx"] != fields["n_positions"]:
+            raise ValueError(f"n_ctx ({fields['n_ctx']}) and n_positions ({fields['n_positions']}) disagree")
+        rates = {key: fields[key] for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop") if key in fields}
+        if len(set(rates.values())) > 1:
+            raise ValueError(f"minigpt uses one dropout rate, but the config gives different ones: {rates}")
+        kwargs = {ours: fields[theirs] for theirs, ours in _USED.items() if theirs in fields and ours != "dropout"}
+        if rates:
+            kwargs["dropout"] = float(next(iter(rates.values())))
+        if "n_positions" not in fields and "n_ctx" in fields:
+            kwargs["n_positions"] = fields["n_ctx"]
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The config.json that transformers and the hub expect for these weights."""
+        fields = {theirs: getattr(self, ours) for theirs, ours in _USED.items() if ours != "dropout"}
+        fields |= {"resid_pdrop": self.dropout, "embd_pdrop": self.dropout, "attn_pdrop": self.dropout}
+        fields |= _MUST_EQUAL
+        fields |= {"architectures": ["GPT2LMHeadModel"], "n_ctx": self.n_positions}
+        if self.vocab_size > END_OF_TEXT_ID:  # GPT-2's <|endoftext|> starts and ends its documents
+            fields |= {"bos_token_id": END_OF_TEXT_ID, "eos_token_id": END_OF_TEXT_ID}
+        return fields
+
+
+# config.json key -> GPTConfig field
+_USED = {
+    "n_layer": "n_layer",
+    "n_head": "n_head",
+    "n_embd": "n_embd",
+    "n_inner": "n_inner",
+    "vocab_size": "vocab_size",
+    "n_positions": "n_positions",
+    "layer_norm_epsilon": "layer_norm_epsilon",
+    "resid_pdrop": "dropout",
+    "embd_pdrop": "dropout",
+    "attn_pdrop": "dropout",
+}
+# Keys that select a variant of the architecture; only GPT-2's own value is built here.
+_MUST_EQUAL = {
+    "model_type": "gpt2",
+    "activation_function": "gelu_new",
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+    "is_encoder_decoder": False,
+}
+# Keys that do not change the language model's logits: the classification and summary heads of
+# other GPT-2 classes, generation defaults, initialisation, and transformers' bookkeeping.
+# reorder_and_upcast_attn only changes how mixed-precision training rounds; our attention always
+# takes its softmax in float32.
+_IGNORED = {
+    "n_ctx", "reorder_and_upcast_attn",
+    "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
+    "summary_first_dropout", "task_specific_params", "initializer_range",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "architectures", "_name_or_path", "_num_labels", "id2label", "label2id", "problem_type",
+    "transformers_version", "torch_dtype", "dtype", "use_cache", "output_past", "is_decoder",
+    "gradient_checkpointing", "torchscript", "return_dict", "output_attentions",
+    "output_hidden_states", "chunk_size_feed_forward", "tokenizer_class", "prefix",
+    "do_sample", "max_length", "min_length", "num_beams", "temperature", "top_k", "top_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "early_stopping",
+    "tf_legacy_loss", "use_bfloat16", "pruned_heads", "finetuning_task",
+}
+
+PRESETS = {
+    "gpt2": GPTConfig(),
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
+    "distilgpt2": GPTConfig(n_layer=6, n_head=12, n_embd=768),
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=101, n_positions=64),
+}

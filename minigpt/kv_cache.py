@@ -1,0 +1,97 @@
+"""A key/value cache, preallocated to the length a generation needs and written by position.
+
+Decoding one token at a time recomputes nothing: each layer's keys and values for the positions
+already seen are kept here, and a step only computes the new position's. The cache also keeps the
+padding mask of every cached position, so a left-padded batch can decode without the caller
+carrying the mask along. It is passed in explicitly: `model(ids, cache=cache)`.
+
+Layout: keys and values are (layer, b, h, max_length, d); `length` positions are filled.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_head: int,
+        head_dim: int,
+        max_length: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        if batch < 1 or max_length < 1:
+            raise ValueError(f"KVCache needs batch >= 1 and max_length >= 1, got batch={batch}, max_length={max_length}")
+        shape = (n_layer, batch, n_head, max_length, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.mask = torch.zeros(batch, max_length, device=device, dtype=torch.bool)  # True: a real token
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, batch: int, max_length: int) -> KVCache:
+        """A cache shaped for `model`, on its device and in its dtype."""
+        c = model.config
+        weight = model.wte.weight
+        return cls(c.n_layer, batch, c.n_head, c.head_dim, max_length, device=weight.device, dtype=weight.dtype)
+
+    @property
+    def batch(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def max_length(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the preallocated keys, values and mask."""
+        return sum(t.element_size() * t.nelement() for t in (self.keys, self.values, self.mask))
+
+    def writer(self, layer: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """The function layer `layer` calls with its new keys and values (b h t d)."""
+        return partial(self._write, layer)
+
+    def _write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (b h s d), s = end
+
+    def check_room(self, new: int) -> None:
+        if self.length + new > self.max_length:
+            raise ValueError(
+                f"KVCache is full: it holds {self.length} of max_length={self.max_length} positions "
+                f"and cannot take {new} more"
+            )
+
+    def advance(self, new_mask: Tensor) -> None:
+        """Called by the model after every layer has written: the new positions are now cached."""
+        end = self.length + new_mask.shape[1]
+        self.mask[:, self.length : end] = new_mask
+        self.length = end
+
+    def reorder(self, rows: Tensor) -> None:
+        """Row i becomes old row rows[i] (beam search keeps the beams it chose)."""
+        n = self.length
+        self.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
+        self.values[:, :, :, :n] = self.values[:, rows, :, :n]
+        self.mask[:, :n] = self.mask[rows, :n]
+
+    def repeat_rows(self, times: int) -> KVCache:
+        """A new cache whose rows are each old row repeated `times` times: (b ...) -> ((b times) ...)."""
+        grown = KVCache.__new__(KVCache)
+        grown.keys = self.keys.repeat_interleave(times, dim=1)
+        grown.values = self.values.repeat_interleave(times, dim=1)
+        grown.mask = self.mask.repeat_interleave(times, dim=0)
+        grown.length = self.length
+        return grown

@@ -1,0 +1,178 @@
+"""GPT-2: tokens -> embeddings -> blocks -> final LayerNorm -> logits.
+
+Mirrors `GPT2LMHeadModel` in transformers' `modeling_gpt2.py` (Radford et al. 2019). The blocks
+are built by a function passed in (`make_block`), so an experiment can swap the attention kernel,
+the MLP, the norm or the whole block and load the same weights.
+
+Axes: b batch, t new positions, s all positions a query can see (cached + new), d model width,
+v vocabulary, h heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .block import gpt2_block
+from .config import GPTConfig
+from .kv_cache import KVCache
+
+
+@dataclass
+class Trace:
+    """What a learner looks at: the logits, the residual stream after each stage, the attention."""
+
+    logits: Tensor  # (b t v)
+    hidden_states: list[Tensor]  # n_layer + 1 of (b t d): the embeddings, then each block's output
+    attentions: list[Tensor]  # n_layer of (b h t s)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig, make_block: Callable[[GPTConfig], nn.Module] = gpt2_block):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token -> vector; also the output head
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # position -> vector (learned)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.apply(_init_gpt2_weights)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        head_mask: Tensor | None = None,
+        only_last: bool = False,
+    ) -> Tensor:
+        """input_ids (b t) -> logits (b t v), or (b 1 v) for the last position with `only_last`.
+
+        attention_mask (b s), 1 for a token and 0 for padding, covers every position the queries
+        see: the cached ones, then the new ones. Positions are counted over real tokens only, so a
+        left-padded row gets exactly the logits it gets alone. With a cache the mask may be left
+        out: the cache remembers its padding, and new tokens are taken as real.
+        head_mask (n_layer h) scales each head's output; 0 removes a head.
+        """
+        return self._run(input_ids, attention_mask, cache, head_mask, only_last, record=False).logits
+
+    def trace(self, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Trace:
+        """The forward pass with every hidden state and attention pattern kept (no cache)."""
+        return self._run(input_ids, attention_mask, None, head_mask, only_last=False, record=True)
+
+    def _run(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        cache: KVCache | None,
+        head_mask: Tensor | None,
+        only_last: bool,
+        record: bool,
+    ) -> Trace:
+        past = cache.length if cache is not None else 0
+        self._check_inputs(input_ids, attention_mask, cache, head_mask, past)
+        b, t = input_ids.shape
+        device = input_ids.device
+
+        # Which of the s = past + t positions hold real tokens, and the position of each new token.
+        if attention_mask is not None:
+            seen = attention_mask.to(device=device, dtype=torch.bool)  # (b s)
+        else:
+            new = torch.ones(b, t, dtype=torch.bool, device=device)
+            seen = torch.cat([cache.mask[:, :past], new], dim=1) if cache is not None else new
+        positions = (seen.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (b t), padding counts nothing
+
+        # Query i (at absolute position past + i) may see key j when j is not in its future and j
+        # is a real token. A left-padding query sees no real token, so it may see itself: an
+        # all-masked softmax row would be NaN, and its output is discarded anyway.
+        query_at = torch.arange(past, past + t, device=device)[:, None]  # (t 1)
+        key_at = torch.arange(past + t, device=device)[None, :]  # (1 s)
+        allowed = (key_at <= query_at) & seen[:, None, :]  # (b t s)
+        allowed = (allowed | (key_at == query_at))[:, None]  # (b 1 t s), broadcast over heads
+
+        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (b t d)
+        hidden_states, attentions = [x], []
+        for layer, block in enumerate(self.blocks):
+            kv = cache.writer(layer) if cache is not None else None
+            scale = head_mask[layer] if head_mask is not None else None
+            x, pattern = block(x, allowed, kv, scale)
+            if record:
+                if pattern is None:
+                    raise ValueError(
+                        f"block {layer}'s attention kernel does not form attention patterns; "
+                        "build the model with explicit_attention to trace it"
+                    )
+                hidden_states.append(x)
+                attentions.append(pattern)
+        if cache is not None:
+            cache.advance(seen[:, past:])
+
+        x = self.ln_f(x[:, -1:] if only_last else x)
+        logits = F.linear(x, self.wte.weight)  # the output head is tied to the token embedding: (b t v)
+        return Trace(logits, hidden_states, attentions)
+
+    def _check_inputs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        cache: KVCache | None,
+        head_mask: Tensor | None,
+        past: int,
+    ) -> None:
+        c = self.config
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a (batch, time) tensor, got {shape}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        b, t = input_ids.shape
+        if b == 0 or t == 0:
+            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+        low, high = (int(x) for x in torch.aminmax(input_ids))
+        if low < 0 or high >= c.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {c.vocab_size})")
+        if past + t > c.n_positions:
+            raise ValueError(
+                f"{past + t} positions ({past} cached + {t} new) exceed the model's context of "
+                f"n_positions={c.n_positions}"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, past + t):
+            raise ValueError(
+                f"attention_mask must have shape (batch, cached + new) = ({b}, {past + t}), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if cache is not None:
+            if cache.batch != b:
+                raise ValueError(f"the cache holds {cache.batch} rows but input_ids has {b}")
+            cache.check_room(t)
+        if head_mask is not None and tuple(head_mask.shape) != (c.n_layer, c.n_head):
+            raise ValueError(
+                f"head_mask must have shape (n_layer, n_head) = ({c.n_layer}, {c.n_head}), got {tuple(head_mask.shape)}"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.weight.dtype
+
+    def new_cache(self, batch: int, max_length: int) -> KVCache:
+        return KVCache.for_model(self, batch, max_length)
+
+
+def _init_gpt2_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

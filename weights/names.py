@@ -1,0 +1,103 @@
+"""The one table between the public GPT-2 checkpoint names and ours.
+
+The public file (OpenAI's weights as converted for the hub) stores the attention and MLP
+projections as Conv1D weights of shape [in, out]; nn.Linear keeps [out, in], so those are
+transposed on the way in and back on the way out. Everything else is copied as it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from minigpt.config import GPTConfig
+
+# (our name, public name, stored as Conv1D [in, out]); {i} is the block index
+GLOBAL_NAMES = [
+    ("wte.weight", "wte.weight", False),
+    ("wpe.weight", "wpe.weight", False),
+    ("ln_f.weight", "ln_f.weight", False),
+    ("ln_f.bias", "ln_f.bias", False),
+]
+BLOCK_NAMES = [
+    ("blocks.{i}.ln_1.weight", "h.{i}.ln_1.weight", False),
+    ("blocks.{i}.ln_1.bias", "h.{i}.ln_1.bias", False),
+    ("blocks.{i}.attn.c_attn.weight", "h.{i}.attn.c_attn.weight", True),
+    ("blocks.{i}.attn.c_attn.bias", "h.{i}.attn.c_attn.bias", False),
+    ("blocks.{i}.attn.c_proj.weight", "h.{i}.attn.c_proj.weight", True),
+    ("blocks.{i}.attn.c_proj.bias", "h.{i}.attn.c_proj.bias", False),
+    ("blocks.{i}.ln_2.weight", "h.{i}.ln_2.weight", False),
+    ("blocks.{i}.ln_2.bias", "h.{i}.ln_2.bias", False),
+    ("blocks.{i}.mlp.c_fc.weight", "h.{i}.mlp.c_fc.weight", True),
+    ("blocks.{i}.mlp.c_fc.bias", "h.{i}.mlp.c_fc.bias", False),
+    ("blocks.{i}.mlp.c_proj.weight", "h.{i}.mlp.c_proj.weight", True),
+    ("blocks.{i}.mlp.c_proj.bias", "h.{i}.mlp.c_proj.bias", False),
+]
+# Stored in some files but not weights: the causal-mask buffers of old GPT2Attention (we build
+# the mask from positions) and the output head, which GPT-2 ties to wte.
+NOT_WEIGHTS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
+# transformers' save_pretrained nests the model under this prefix; the hub's original files do not
+TRANSFORMERS_PREFIX = "transformer."
+
+
+def name_table(n_layer: int) -> list[tuple[str, str, bool]]:
+    """Every (ours, public, transposed) triple of a model with n_layer blocks."""
+    per_block = [(o.format(i=i), p.format(i=i), t) for i in range(n_layer) for o, p, t in BLOCK_NAMES]
+    return GLOBAL_NAMES + per_block
+
+
+def public_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The shape each public tensor must have for `config` (Conv1D weights as [in, out])."""
+    d, w = config.n_embd, config.mlp_width
+    by_suffix = {
+        "ln_1.weight": (d,), "ln_1.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
+        "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
+        "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
+        "mlp.c_fc.weight": (d, w), "mlp.c_fc.bias": (w,),
+        "mlp.c_proj.weight": (w, d), "mlp.c_proj.bias": (d,),
+    }
+    shapes = {
+        "wte.weight": (config.vocab_size, d),
+        "wpe.weight": (config.n_positions, d),
+        "ln_f.weight": (d,),
+        "ln_f.bias": (d,),
+    }
+    for _, public, _ in name_table(config.n_layer):
+        if public.startswith("h."):
+            shapes[public] = by_suffix[public.split(".", 2)[2]]
+    return shapes
+
+
+def public_to_ours(tensors: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
+    """Public (either layout) -> our state dict. Every problem is named in one ValueError."""
+    if any(key.startswith(TRANSFORMERS_PREFIX) for key in tensors):
+        tensors = {key.removeprefix(TRANSFORMERS_PREFIX): value for key, value in tensors.items()}
+    expected = public_shapes(config)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(k for k in tensors if k not in expected and not NOT_WEIGHTS.fullmatch(k))
+    misshapen = [
+        f"{k}: expected {list(shape)}, found {list(tensors[k].shape)}"
+        for k, shape in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != shape
+    ]
+    head = tensors.get("lm_head.weight")
+    if head is not None and "wte.weight" in tensors and not torch.equal(head, tensors["wte.weight"]):
+        misshapen.append("lm_head.weight: differs from wte.weight, but GPT-2 ties the output head to wte")
+    problems = [f"missing: {', '.join(missing)}"] if missing else []
+    problems += [f"unexpected: {', '.join(unexpected)}"] if unexpected else []
+    problems += [f"misshapen: {'; '.join(misshapen)}"] if misshapen else []
+    if problems:
+        raise ValueError(f"checkpoint {where} does not fit the config ({config}):\n  " + "\n  ".join(problems))
+    return {ours: tensors[public].t().contiguous() if conv1d else tensors[public] for ours, public, conv1d in name_table(config.n_layer)}
+
+
+def ours_to_public(state: dict[str, Tensor], n_layer: int, n_positions: int) -> dict[str, Tensor]:
+    """Our state dict -> the hub's original layout, mask buffers included, so any reader of the
+    public file reads ours."""
+    public = {p: (state[o].t() if conv1d else state[o]).contiguous() for o, p, conv1d in name_table(n_layer)}
+    causal = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.float32)).view(1, 1, n_positions, n_positions)
+    for i in range(n_layer):
+        public[f"h.{i}.attn.bias"] = causal.clone()  # safetensors refuses tensors that share memory
+    return public
