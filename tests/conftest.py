@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Two cores: keep each worker to one thread so xdist's two workers do not fight.
+torch.set_num_threads(int(os.environ.get("MINIGPT_TEST_THREADS", "1")))
+
+settings.register_profile(
+    "minigpt",
+    deadline=None,  # model construction times vary with machine load
+    max_examples=20,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("minigpt")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

