@@ -43,7 +43,7 @@ def merge(first: Beams, second: Beams) -> Beams:
     return {name: torch.cat([first[name], second[name]], dim=1) for name in first}
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
 def beam_search(
     model,
     input_ids: Tensor,

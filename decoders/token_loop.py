@@ -16,7 +16,7 @@ from .generation import Generation, check_options, check_prompt, summarize
 from .processors import Processor
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
 def token_loop(
     model,
     input_ids: Tensor,
