@@ -43,7 +43,7 @@ class Generation:
         for step in range(int(self.new_lengths[row])):
             chosen = int(self.new_tokens[row, step])
             alts = "  ".join(
-                f"{show(int(i))} {float(p):.3f}"
+                f"{show(int(i))} {float(p):.3g}"
                 for i, p in zip(self.alternatives[row, step], self.alternative_probs[row, step])
             )
             lines.append(f"{step:>4}  {show(chosen):<16} {float(self.entropy[row, step]):>7.3f}  {alts}")

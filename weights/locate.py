@@ -44,13 +44,13 @@ def locate(source: str | os.PathLike) -> Path:
     if path.exists() or not HUB_NAME.fullmatch(name):
         kind = "is not a directory" if path.exists() else "does not exist"
         raise ValueError(f"weights path {path} {kind}; give a checkpoint directory or a hub name such as 'gpt2'")
-    names = _names_of(name)
+    return find_cached(name) or _download(_names_of(name)[-1], hub_cache_dir())
+
+
+def find_cached(name: str) -> Path | None:
+    """The cached snapshot of a hub name (under either of its names), or None; never downloads."""
     cache = hub_cache_dir()
-    for candidate in names:
-        found = _cached_snapshot(cache, candidate)
-        if found is not None:
-            return found
-    return _download(names[-1], cache)
+    return next((found for n in _names_of(name) if (found := _cached_snapshot(cache, n)) is not None), None)
 
 
 def _names_of(name: str) -> list[str]:

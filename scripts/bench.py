@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Tokens per second of minigpt's decoders and of transformers' generate(), measured in the same
+run on the same random-weight weights, and their ratio (> 1: minigpt is faster).
+
+    python scripts/bench.py                  # GPT-2 124M shape, CPU float32 (or CUDA if present)
+    python scripts/bench.py --device cuda --dtype float16
+
+Each case runs once to warm up, then `--repeats` times; the median time counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+import decoders
+from common import DTYPES, random_gpt2_checkpoint
+from weights import load_gpt2
+
+
+def timed(run, device: str, repeats: int) -> float:
+    run()  # warm-up: allocator, kernels, caches
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gpt2", help="model shape (gpt2, gpt2-medium, ..., tiny)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--prefill-tokens", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+    directory = random_gpt2_checkpoint(args.preset)
+    dtype = DTYPES[args.dtype]
+    ours = load_gpt2(directory, device=args.device, dtype=dtype)
+    theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
+    theirs.generation_config.eos_token_id = None  # random weights: never stop early, in either
+    theirs.generation_config.pad_token_id = 0
+    c, n = ours.config, args.new_tokens
+    g = torch.Generator().manual_seed(0)
+
+    def prompt(batch: int) -> torch.Tensor:
+        return torch.randint(0, c.vocab_size, (batch, args.prompt_tokens), generator=g).to(args.device)
+
+    def hf(ids, **kw):
+        return lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, **kw)
+
+    one, eight = prompt(1), prompt(8)
+    seeded = torch.Generator(device=args.device)
+    cases = [  # name, generated tokens per run, ours, theirs
+        ("greedy, batch 1", n, lambda: decoders.greedy(ours, one, max_new_tokens=n), hf(one, do_sample=False)),
+        ("greedy, batch 8", 8 * n, lambda: decoders.greedy(ours, eight, max_new_tokens=n), hf(eight, do_sample=False)),
+        ("beam search, 4 beams", n, lambda: decoders.beam_search(ours, one, num_beams=4, max_new_tokens=n),
+         hf(one, do_sample=False, num_beams=4)),
+        ("sampling, batch 1", n, lambda: decoders.sample(ours, one, max_new_tokens=n, generator=seeded.manual_seed(0)),
+         hf(one, do_sample=True, top_k=0)),
+    ]
+    long = torch.randint(0, c.vocab_size, (1, args.prefill_tokens), generator=g).to(args.device)
+    with torch.no_grad():
+        cases.append((f"prefill, {args.prefill_tokens} tokens", args.prefill_tokens,
+                      lambda: ours(long), lambda: theirs(long, use_cache=False)))
+
+    print(f"{args.preset} shape ({c.n_layer} layers, {c.n_embd} wide), random weights; {args.device}, {args.dtype}, "
+          f"{torch.get_num_threads()} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; "
+          f"median of {args.repeats}")
+    print(f"{'case':<24}{'minigpt tok/s':>15}{'transformers tok/s':>20}{'ratio':>8}")
+    for name, tokens, mine, reference in cases:
+        with torch.no_grad():
+            t_mine, t_ref = timed(mine, args.device, args.repeats), timed(reference, args.device, args.repeats)
+        print(f"{name:<24}{tokens / t_mine:>15.1f}{tokens / t_ref:>20.1f}{t_ref / t_mine:>7.2f}x")
+    cache = ours.new_cache(1, args.prompt_tokens + n)
+    per_token = cache.nbytes / cache.max_length
+    print(f"\nKV cache: {cache.nbytes / 2**20:.1f} MiB for 1 row x {cache.max_length} positions "
+          f"({per_token / 1024:.1f} KiB per position: {c.n_layer} layers x keys and values x {c.n_embd} x "
+          f"{ours.dtype.itemsize} bytes); preallocated once, written in place")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Verify minigpt against transformers on one checkpoint: logits, every layer, greedy tokens, text.
+
+    python scripts/verify.py                       # gpt2 from the HF cache, else random 124M weights
+    python scripts/verify.py --weights gpt2-medium # or a checkpoint directory
+
+Exits 1 if any difference is over its tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import torch
+
+import decoders
+from common import DTYPES, add_model_arguments, checkpoint_from
+from minigpt import Tokenizer
+from weights import load_gpt2
+
+PROMPT = "The history of natural language processing generally started in the 1950s, when"
+TOLERANCE = {  # max |Δ| allowed, and why
+    torch.float32: (1e-4, "float32: both models do the same arithmetic in a different order (~1e-6 seen)"),
+    torch.float16: (5e-2, "float16: 11 significant bits; each model rounds differently"),
+    torch.bfloat16: (5e-1, "bfloat16: 8 significant bits; each model rounds differently"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--new-tokens", type=int, default=20, help="greedy tokens to compare")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+    directory, what = checkpoint_from(args)
+    dtype = DTYPES[args.dtype]
+    tolerance, reason = TOLERANCE[dtype]
+    ours = load_gpt2(directory, device=args.device, dtype=dtype)
+    theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
+    ids = torch.tensor([Tokenizer.gpt2().encode(PROMPT)], device=args.device)
+    ids = ids.clamp(max=ours.config.vocab_size - 1)
+
+    with torch.no_grad():
+        trace = ours.trace(ids)
+        reference = theirs(ids, output_hidden_states=True)
+    c = ours.config
+    print(what)
+    print(f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocabulary {c.vocab_size}; "
+          f"{args.device}, {args.dtype}; prompt of {ids.shape[1]} tokens")
+    print(f"tolerance: max |Δ| <= {tolerance:g} ({reason})\n")
+    print(f"{'compared':<28}{'max |Δ|':>12}  ok")
+    rows = []
+    ref_states = list(reference.hidden_states)
+    for layer, (mine, ref) in enumerate(zip(trace.hidden_states, ref_states)):
+        if layer == c.n_layer:  # transformers' last hidden state has the final LayerNorm applied
+            with torch.no_grad():
+                mine = ours.ln_f(mine)
+        name = "embeddings" if layer == 0 else f"block {layer}" + (" + ln_f" if layer == c.n_layer else "")
+        rows.append((f"hidden state: {name}", (mine.float() - ref.float()).abs().max().item()))
+    rows.append(("logits", (trace.logits.float() - reference.logits.float()).abs().max().item()))
+    for name, diff in rows:
+        print(f"{name:<28}{diff:>12.3e}  {'yes' if diff <= tolerance else 'NO'}")
+    agree = (trace.logits.argmax(-1) == reference.logits.argmax(-1)).float().mean().item()
+    print(f"\ntop-1 agreement over {ids.shape[1]} positions: {agree:.1%}")
+
+    mask = torch.ones_like(ids)
+    mine = decoders.greedy(ours, ids, max_new_tokens=args.new_tokens).sequences
+    ref_tokens = theirs.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
+    same_tokens = torch.equal(mine, ref_tokens)
+    print(f"greedy, {args.new_tokens} new tokens: {'identical' if same_tokens else 'DIFFERENT'}")
+    if c.vocab_size == 50257:
+        tokenizer = Tokenizer.gpt2()
+        text = tokenizer.decode(mine[0, ids.shape[1]:])
+        print(f"text identical: {text == tokenizer.decode(ref_tokens[0, ids.shape[1]:])}: {text!r}")
+    ok = all(diff <= tolerance for _, diff in rows) and same_tokens
+    print("\nPASS" if ok else "\nFAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
