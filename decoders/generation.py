@@ -53,9 +53,10 @@ class Generation:
 def summarize(logprobs: Tensor, k: int = ALTERNATIVES) -> tuple[Tensor, Tensor, Tensor]:
     """(rows v) log-probabilities -> entropy (rows), top-k ids (rows k), their probabilities (rows k)."""
     probs = logprobs.exp()
-    entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)  # xlogy: 0 log 0 = 0 for removed tokens
-    top = torch.topk(probs, min(k, probs.shape[-1]), dim=-1)
-    return entropy, top.indices, top.values
+    # a removed token has p = 0 and log p = -inf; clamping makes its term 0 * (finite) = 0, not NaN
+    entropy = -(probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(dim=-1)
+    top = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+    return entropy, top.indices, top.values.exp()
 
 
 def check_prompt(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int) -> Tensor:

@@ -45,8 +45,9 @@ def token_loop(
         if eos_token_id is not None:
             chosen = chosen.masked_fill(finished, pad_token_id)
         processed_logprobs = processed.log_softmax(dim=-1)
+        logprobs = processed_logprobs if processed is logits else logits.log_softmax(dim=-1)  # no processor: the same
         score = processed_logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0)
-        logprob = logits.log_softmax(dim=-1).gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0)
+        logprob = logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0)
         records.append((score, logprob, ~finished, *summarize(processed_logprobs)))
         tokens = torch.cat([tokens, chosen[:, None]], dim=1)
         real = torch.cat([real, torch.ones_like(chosen[:, None], dtype=torch.bool)], dim=1)
