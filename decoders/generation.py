@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from minigpt.model import check_token_ids
+
 ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
 
 
@@ -67,10 +69,8 @@ def check_prompt(model, input_ids: Tensor, attention_mask: Tensor | None, max_ne
         raise ValueError("input_ids must be a (batch, time) tensor of token ids")
     if input_ids.numel() == 0:
         raise ValueError(f"the prompt is empty (input_ids has shape {tuple(input_ids.shape)}): give at least one token")
-    vocab, context = model.config.vocab_size, model.config.n_positions
-    low, high = (int(x) for x in torch.aminmax(input_ids))
-    if low < 0 or high >= vocab:
-        raise ValueError(f"token id {low if low < 0 else high} is outside the vocabulary [0, {vocab})")
+    context = model.config.n_positions
+    check_token_ids(input_ids, model.config.vocab_size)
     if input_ids.shape[1] + max_new_tokens > context:
         raise ValueError(
             f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "

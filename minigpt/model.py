@@ -132,10 +132,7 @@ class GPT(nn.Module):
         b, t = input_ids.shape
         if b == 0 or t == 0:
             raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
-        low, high = (int(x) for x in torch.aminmax(input_ids))
-        if low < 0 or high >= c.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {c.vocab_size})")
+        check_token_ids(input_ids, c.vocab_size)
         if past + t > c.n_positions:
             raise ValueError(
                 f"{past + t} positions ({past} cached + {t} new) exceed the model's context of "
@@ -165,6 +162,13 @@ class GPT(nn.Module):
 
     def new_cache(self, batch: int, max_length: int) -> KVCache:
         return KVCache.for_model(self, batch, max_length)
+
+
+def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
+    """Every id must index the embedding; name the first one that does not."""
+    low, high = (int(x) for x in torch.aminmax(input_ids))
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"token id {low if low < 0 else high} is outside the vocabulary [0, {vocab_size})")
 
 
 def _init_gpt2_weights(module: nn.Module) -> None:

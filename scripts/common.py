@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from minigpt import GPT, GPTConfig
-from weights import find_cached, load_gpt2, save_gpt2
+from weights import find_cached, locate, save_gpt2
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,8 +34,6 @@ def random_gpt2_checkpoint(preset: str = "gpt2", seed: int = 0) -> Path:
 def checkpoint_from(args: argparse.Namespace) -> tuple[Path, str]:
     """The checkpoint directory the arguments ask for, and a line that says what it is."""
     if args.weights:
-        from weights import locate
-
         directory = locate(args.weights)
         return directory, f"weights: {directory}"
     cached = find_cached("gpt2")

@@ -46,7 +46,9 @@ def main() -> int:
     ours = load_gpt2(directory, device=args.device, dtype=dtype)
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
     ids = torch.tensor([Tokenizer.gpt2().encode(PROMPT)], device=args.device)
-    ids = ids.clamp(max=ours.config.vocab_size - 1)
+    if int(ids.max()) >= ours.config.vocab_size:  # a checkpoint with a smaller vocabulary than GPT-2's
+        ids = ids.clamp(max=ours.config.vocab_size - 1)
+        print(f"note: prompt ids above {ours.config.vocab_size - 1} were clamped to fit this vocabulary")
 
     with torch.no_grad():
         trace = ours.trace(ids)

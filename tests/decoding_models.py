@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+import decoders
 from helpers import random_reference, write_checkpoint
 from minigpt import GPTConfig
 from weights import load_gpt2
@@ -45,7 +46,5 @@ def prompts(seed: int = 0, lengths=(6, 3, 5)):
 def frequent_token(ids, mask) -> int:
     """A token that greedy decoding produces early, to serve as EOS so rows finish at different times."""
     ours, _ = models()
-    import decoders
-
     out = decoders.greedy(ours, ids, attention_mask=mask, max_new_tokens=4)
     return int(out.new_tokens[0, 1])
