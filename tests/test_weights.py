@@ -41,6 +41,9 @@ def test_save_then_load_is_bit_exact_and_is_the_public_layout(tmp_path):
     again = load_gpt2(directory)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+    ids = torch.randint(0, TINY.vocab_size, (3, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids), again(ids))  # the same weights, wherever they were read from
     stored = load_file(str(directory / "model.safetensors"))
     assert "h.0.attn.c_attn.weight" in stored and not any(k.startswith("transformer.") for k in stored)
     assert stored["h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: [in, out]

@@ -24,7 +24,11 @@ def read_file(path: Path) -> dict[str, Tensor]:
         raise ValueError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
+            # clone: get_tensor's memory is a read buffer at an arbitrary offset; torch's own
+            # allocations are 64-byte aligned, and CPU BLAS picks its kernels (and so its rounding)
+            # by alignment, so without this the same weights could give logits differing in the
+            # last bit depending on which file they came from
+            return {key: f.get_tensor(key).clone() for key in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as err:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
 
