@@ -5,7 +5,8 @@ run on the same random-weight weights, and their ratio (> 1: minigpt is faster).
     python scripts/bench.py                  # GPT-2 124M shape, CPU float32 (or CUDA if present)
     python scripts/bench.py --device cuda --dtype float16
 
-Each case runs once to warm up, then `--repeats` times; the median time counts.
+Each case runs once to warm up, then `--repeats` times, alternating ours and theirs; the
+median time counts.
 """
 
 from __future__ import annotations
@@ -23,18 +24,22 @@ from common import DTYPES, random_gpt2_checkpoint
 from weights import load_gpt2
 
 
-def timed(run, device: str, repeats: int) -> float:
-    run()  # warm-up: allocator, kernels, caches
-    times = []
-    for _ in range(repeats):
+def timed_pair(mine, reference, device: str, repeats: int) -> tuple[float, float]:
+    """Median seconds of each. The runs alternate (ours, theirs, ours, ...) so that a change in
+    the machine's load during the measurement falls on both alike."""
+
+    def once(run) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
         run()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    mine(), reference()  # warm-up: allocator, kernels, caches
+    times = [(once(mine), once(reference)) for _ in range(repeats)]
+    return statistics.median(t for t, _ in times), statistics.median(t for _, t in times)
 
 
 def main() -> int:
@@ -45,7 +50,7 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--prefill-tokens", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from transformers import GPT2LMHeadModel
@@ -90,7 +95,7 @@ def main() -> int:
     print(f"{'case':<24}{'minigpt tok/s':>15}{'transformers tok/s':>20}{'ratio':>8}")
     for name, tokens, mine, reference in cases:
         with torch.no_grad():
-            t_mine, t_ref = timed(mine, args.device, args.repeats), timed(reference, args.device, args.repeats)
+            t_mine, t_ref = timed_pair(mine, reference, args.device, args.repeats)
         print(f"{name:<24}{tokens / t_mine:>15.1f}{tokens / t_ref:>20.1f}{t_ref / t_mine:>7.2f}x")
     cache = ours.new_cache(1, args.prompt_tokens + n)
     per_token = cache.nbytes / cache.max_length
