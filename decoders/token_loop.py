@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .generation import Generation, check_options, check_prompt, summarize
+from .generation import Generation, check_prompt, summarize
 from .processors import Processor
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn

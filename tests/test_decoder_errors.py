@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import decoders
-from decoding_models import CONFIG, models
+from decoding_models import models
 
 PROMPT = torch.tensor([[5, 6, 7]])
 

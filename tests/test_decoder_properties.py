@@ -3,14 +3,13 @@ cache, padding, and the bookkeeping of scores."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import decoders
 from decoders import processors
-from decoding_models import CONFIG, PAD, models, prompts
+from decoding_models import PAD, models, prompts
 
 seeds = st.integers(0, 2**16)
 

@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 from helpers import LAYOUTS, max_abs_diff, random_reference, write_checkpoint
 from minigpt import GPT, GPTConfig
 from weights import load_gpt2, save_gpt2
-from weights import locate as locate_module
 
 TINY = GPTConfig.preset("tiny")
 
