@@ -6,13 +6,15 @@ Data flow: Tokenizer (text -> ids) -> GPT (ids -> logits) -> decoders (logits ->
 from .attention import AttendFn, CausalSelfAttention, explicit_attention, fused_attention
 from .block import TransformerBlock, gpt2_block
 from .config import GPTConfig
+from .embedding import TokenEmbedding
 from .kv_cache import KVCache
 from .mlp import MLP, gelu_new
 from .model import GPT, Trace
+from .packed import PackedLinear, PackedTokenEmbedding, pack_for_cpu
 from .tokenizer import Tokenizer
 
 __all__ = [
     "AttendFn", "CausalSelfAttention", "explicit_attention", "fused_attention",
     "TransformerBlock", "gpt2_block", "GPTConfig", "KVCache", "MLP", "gelu_new",
-    "GPT", "Trace", "Tokenizer",
+    "GPT", "Trace", "Tokenizer", "TokenEmbedding", "PackedLinear", "PackedTokenEmbedding", "pack_for_cpu",
 ]

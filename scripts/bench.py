@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """Tokens per second of minigpt's decoders and of transformers' generate(), measured in the same
-run on the same random-weight weights, and their ratio (> 1: minigpt is faster).
+run on the same random weights, and their ratio (> 1: minigpt is faster).
 
     python scripts/bench.py                  # GPT-2 124M shape, CPU float32 (or CUDA if present)
     python scripts/bench.py --device cuda --dtype float16
 
-Each case runs once to warm up, then `--repeats` times, alternating ours and theirs; the
-median time counts.
+On CPU in float32 minigpt runs twice: as loaded, and packed for CPU inference (pack_for_cpu:
+the same model with its weights in oneDNN's layout). Each case runs once to warm up, then
+`--repeats` times, the models taking turns; the median time counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -21,12 +23,13 @@ import torch
 
 import decoders
 from common import DTYPES, random_gpt2_checkpoint
+from minigpt import pack_for_cpu
 from weights import load_gpt2
 
 
-def timed_pair(mine, reference, device: str, repeats: int) -> tuple[float, float]:
-    """Median seconds of each. The runs alternate (ours, theirs, ours, ...) so that a change in
-    the machine's load during the measurement falls on both alike."""
+def timed(runs: list, device: str, repeats: int) -> list[float]:
+    """Median seconds of each run. The runs take turns (a, b, c, a, b, c, ...) so that a change
+    in the machine's load during the measurement falls on all of them alike."""
 
     def once(run) -> float:
         if device.startswith("cuda"):
@@ -37,9 +40,10 @@ def timed_pair(mine, reference, device: str, repeats: int) -> tuple[float, float
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    mine(), reference()  # warm-up: allocator, kernels, caches
-    times = [(once(mine), once(reference)) for _ in range(repeats)]
-    return statistics.median(t for t, _ in times), statistics.median(t for _, t in times)
+    for run in runs:  # warm-up: allocator, kernels, caches
+        run()
+    times = [[once(run) for run in runs] for _ in range(repeats)]
+    return [statistics.median(column) for column in zip(*times)]
 
 
 def main() -> int:
@@ -62,6 +66,8 @@ def main() -> int:
     directory = random_gpt2_checkpoint(args.preset)
     dtype = DTYPES[args.dtype]
     ours = load_gpt2(directory, device=args.device, dtype=dtype)
+    packable = args.device == "cpu" and dtype == torch.float32
+    models = {"minigpt": ours} | ({"minigpt, packed": pack_for_cpu(load_gpt2(directory))} if packable else {})
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
     theirs.generation_config.eos_token_id = None  # random weights: never stop early, in either
     theirs.generation_config.pad_token_id = 0
@@ -75,28 +81,28 @@ def main() -> int:
         return lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, **kw)
 
     one, eight = prompt(1), prompt(8)
-    seeded = torch.Generator(device=args.device)
-    cases = [  # name, generated tokens per run, ours, theirs
-        ("greedy, batch 1", n, lambda: decoders.greedy(ours, one, max_new_tokens=n), hf(one, do_sample=False)),
-        ("greedy, batch 8", 8 * n, lambda: decoders.greedy(ours, eight, max_new_tokens=n), hf(eight, do_sample=False)),
-        ("beam search, 4 beams", n, lambda: decoders.beam_search(ours, one, num_beams=4, max_new_tokens=n),
-         hf(one, do_sample=False, num_beams=4)),
-        ("sampling, batch 1", n, lambda: decoders.sample(ours, one, max_new_tokens=n, generator=seeded.manual_seed(0)),
-         hf(one, do_sample=True, top_k=0)),
-    ]
     long = torch.randint(0, c.vocab_size, (1, args.prefill_tokens), generator=g).to(args.device)
-    with torch.no_grad():
-        cases.append((f"prefill, {args.prefill_tokens} tokens", args.prefill_tokens,
-                      lambda: ours(long), lambda: theirs(long, use_cache=False)))
+    seeded = torch.Generator(device=args.device)
+    cases = [  # name, generated tokens per run, how we run it on a model, how transformers runs it
+        ("greedy, batch 1", n, lambda m: decoders.greedy(m, one, max_new_tokens=n), hf(one, do_sample=False)),
+        ("greedy, batch 8", 8 * n, lambda m: decoders.greedy(m, eight, max_new_tokens=n), hf(eight, do_sample=False)),
+        ("beam search, 4 beams", n, lambda m: decoders.beam_search(m, one, num_beams=4, max_new_tokens=n),
+         hf(one, do_sample=False, num_beams=4)),
+        ("sampling, batch 1", n, lambda m: decoders.sample(m, one, max_new_tokens=n, generator=seeded.manual_seed(0)),
+         hf(one, do_sample=True, top_k=0)),
+        (f"prefill, {args.prefill_tokens} tokens", args.prefill_tokens, lambda m: m(long),
+         lambda: theirs(long, use_cache=False)),
+    ]
 
     print(f"{args.preset} shape ({c.n_layer} layers, {c.n_embd} wide), random weights; {args.device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; "
-          f"median of {args.repeats}")
-    print(f"{'case':<24}{'minigpt tok/s':>15}{'transformers tok/s':>20}{'ratio':>8}")
-    for name, tokens, mine, reference in cases:
+          f"median of {args.repeats}; tokens per second, and ratio to transformers")
+    print(f"{'case':<24}{'transformers':>14}" + "".join(f"{name:>18}{'ratio':>7}" for name in models))
+    for name, tokens, ours_on, reference in cases:
         with torch.no_grad():
-            t_mine, t_ref = timed_pair(mine, reference, args.device, args.repeats)
-        print(f"{name:<24}{tokens / t_mine:>15.1f}{tokens / t_ref:>20.1f}{t_ref / t_mine:>7.2f}x")
+            t_ref, *t_ours = timed([reference] + [functools.partial(ours_on, m) for m in models.values()],
+                                   args.device, args.repeats)
+        print(f"{name:<24}{tokens / t_ref:>14.1f}" + "".join(f"{tokens / t:>18.1f}{t_ref / t:>6.2f}x" for t in t_ours))
     cache = ours.new_cache(1, args.prompt_tokens + n)
     per_token = cache.nbytes / cache.max_length
     print(f"\nKV cache: {cache.nbytes / 2**20:.1f} MiB for 1 row x {cache.max_length} positions "

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from minigpt import GPT, GPTConfig
-from weights import find_cached, locate, save_gpt2
+from minigpt import GPT, GPTConfig, pack_for_cpu
+from weights import find_cached, load_gpt2, locate, save_gpt2
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -21,6 +21,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: gpt2 from the Hugging Face cache if it is there, else random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--pack", action="store_true", help="CPU float32: pack the weights for oneDNN "
+                        "(pack_for_cpu), the same model 1.3-2x faster at decoding")
+
+
+def load_model(args: argparse.Namespace) -> tuple[GPT, Path, str]:
+    """The model the arguments ask for, its checkpoint directory, and a line that says what it is."""
+    directory, what = checkpoint_from(args)
+    model = load_gpt2(directory, device=args.device, dtype=DTYPES[args.dtype])
+    if args.pack:
+        return pack_for_cpu(model), directory, what + " (packed for CPU)"
+    return model, directory, what
 
 
 def random_gpt2_checkpoint(preset: str = "gpt2", seed: int = 0) -> Path:

@@ -14,9 +14,8 @@ import sys
 import torch
 
 import decoders
-from common import DTYPES, add_decoder_arguments, add_model_arguments, checkpoint_from, early_stopping, shared_options
+from common import add_decoder_arguments, add_model_arguments, early_stopping, load_model, shared_options
 from minigpt import Tokenizer
-from weights import load_gpt2
 
 
 def main() -> int:
@@ -28,9 +27,8 @@ def main() -> int:
     parser.add_argument("--choices", action="store_true", help="print the choices-per-step table afterwards")
     args = parser.parse_args()
 
-    directory, what = checkpoint_from(args)
+    model, _, what = load_model(args)
     print(what, file=sys.stderr)
-    model = load_gpt2(directory, device=args.device, dtype=DTYPES[args.dtype])
     tokenizer = Tokenizer.gpt2()
     ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
     options = shared_options(args, tokenizer.eot_id)

@@ -3,6 +3,7 @@
 
     python scripts/verify.py                       # gpt2 from the HF cache, else random 124M weights
     python scripts/verify.py --weights gpt2-medium # or a checkpoint directory
+    python scripts/verify.py --pack                # the model packed for CPU inference
 
 Exits 1 if any difference is over its tolerance.
 """
@@ -16,9 +17,8 @@ import warnings
 import torch
 
 import decoders
-from common import DTYPES, add_model_arguments, checkpoint_from
+from common import DTYPES, add_model_arguments, load_model
 from minigpt import Tokenizer
-from weights import load_gpt2
 
 PROMPT = "The history of natural language processing generally started in the 1950s, when"
 TOLERANCE = {  # max |Δ| allowed, and why
@@ -40,10 +40,9 @@ def main() -> int:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
-    directory, what = checkpoint_from(args)
+    ours, directory, what = load_model(args)
     dtype = DTYPES[args.dtype]
     tolerance, reason = TOLERANCE[dtype]
-    ours = load_gpt2(directory, device=args.device, dtype=dtype)
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
     ids = torch.tensor([Tokenizer.gpt2().encode(PROMPT)], device=args.device)
     if int(ids.max()) >= ours.config.vocab_size:  # a checkpoint with a smaller vocabulary than GPT-2's

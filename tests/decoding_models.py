@@ -17,7 +17,7 @@ import torch
 
 import decoders
 from helpers import random_reference, write_checkpoint
-from minigpt import GPTConfig
+from minigpt import GPTConfig, pack_for_cpu
 from weights import load_gpt2
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64)
@@ -25,10 +25,22 @@ PAD = 1
 
 
 @functools.cache
-def models():
+def checkpoint():
     reference = random_reference(CONFIG, seed=12, peak=8.0, block_gain=20.0)
-    directory = write_checkpoint(reference, Path(tempfile.mkdtemp()) / "peaked", "hub")
+    return write_checkpoint(reference, Path(tempfile.mkdtemp()) / "peaked", "hub"), reference
+
+
+@functools.cache
+def models():
+    directory, reference = checkpoint()
     return load_gpt2(directory), reference
+
+
+@functools.cache
+def packed_model():
+    """The same weights packed for CPU inference (minigpt.pack_for_cpu)."""
+    directory, _ = checkpoint()
+    return pack_for_cpu(load_gpt2(directory))
 
 
 def prompts(seed: int = 0, lengths=(6, 3, 5)):

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
@@ -25,6 +26,20 @@ hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", module="transformers")
 
 LAYOUTS = ("hub", "transformers")
+
+
+@st.composite
+def small_configs(draw) -> GPTConfig:
+    n_head = draw(st.integers(1, 4))
+    head_dim = draw(st.sampled_from([1, 3, 5, 8, 16]))  # odd head sizes included
+    return GPTConfig(
+        n_layer=draw(st.integers(1, 3)),
+        n_head=n_head,
+        n_embd=n_head * head_dim,
+        n_inner=draw(st.sampled_from([None, 7, 24])),
+        vocab_size=draw(st.integers(2, 80)),
+        n_positions=draw(st.integers(4, 24)),
+    )
 
 
 def hf_config(config: GPTConfig) -> GPT2Config:

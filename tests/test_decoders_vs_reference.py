@@ -1,4 +1,5 @@
-"""Our decoders against transformers' generate() on the same random-weight checkpoint.
+"""Our decoders against transformers' generate() on the same random-weight checkpoint, driving
+our model as loaded and packed for CPU inference (`ours` fixture).
 
 Sequences must be equal; beam search's sequence_scores within 1e-4 (sums of ~10 float32
 log-probabilities of magnitude up to ~50, each differing by ~1e-6 between the implementations;
@@ -13,9 +14,14 @@ import pytest
 import torch
 
 import decoders
-from decoding_models import PAD, frequent_token, models, prompts
+from decoding_models import PAD, frequent_token, models, packed_model, prompts
 
 SCORE_TOL = 1e-4
+
+
+@pytest.fixture(params=["loaded", "packed"])
+def ours(request):
+    return models()[0] if request.param == "loaded" else packed_model()
 
 
 def generate(**kwargs):
@@ -28,8 +34,7 @@ def generate(**kwargs):
     {}, {"repetition_penalty": 1.5}, {"no_repeat_ngram_size": 2}, {"min_new_tokens": 5},
     {"repetition_penalty": 0.7, "no_repeat_ngram_size": 3, "min_new_tokens": 2},
 ])
-def test_greedy_equals_generate(seed, options):
-    ours, _ = models()
+def test_greedy_equals_generate(seed, options, ours):
     ids, mask = prompts(seed)
     eos = frequent_token(ids, mask)
     mine = decoders.greedy(ours, ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=PAD, **options)
@@ -43,8 +48,7 @@ def test_greedy_equals_generate(seed, options):
     assert (mine.scores - chosen).abs().max() <= SCORE_TOL
 
 
-def test_greedy_stops_when_every_row_has_finished():
-    ours, _ = models()
+def test_greedy_stops_when_every_row_has_finished(ours):
     ids, mask = prompts(0)
     free = decoders.greedy(ours, ids, attention_mask=mask, max_new_tokens=40).new_tokens
     in_every_row = set.intersection(*(set(row.tolist()) for row in free))
@@ -64,8 +68,7 @@ BEAM_CASES = list(itertools.product([2, 3, 4], [1.0, 0.0, -1.0, 2.0], [True, Fal
 
 
 @pytest.mark.parametrize("num_beams, length_penalty, early_stopping", BEAM_CASES)
-def test_beam_search_equals_generate(num_beams, length_penalty, early_stopping):
-    ours, _ = models()
+def test_beam_search_equals_generate(num_beams, length_penalty, early_stopping, ours):
     ids, mask = prompts(num_beams)
     eos = frequent_token(ids, mask)
     options = dict(num_beams=num_beams, max_new_tokens=10, length_penalty=length_penalty,
@@ -81,8 +84,7 @@ def test_beam_search_equals_generate(num_beams, length_penalty, early_stopping):
     {"num_return_sequences": 1}, {"num_return_sequences": 3}, {"no_repeat_ngram_size": 2, "num_return_sequences": 2},
     {"repetition_penalty": 1.3, "min_new_tokens": 4}, {"eos_token_id": None},
 ])
-def test_beam_search_options_equal_generate(seed, options):
-    ours, _ = models()
+def test_beam_search_options_equal_generate(seed, options, ours):
     ids, mask = prompts(10 + seed, lengths=(4, 7))
     options = {"eos_token_id": frequent_token(ids, mask)} | options
     mine = decoders.beam_search(ours, ids, attention_mask=mask, num_beams=4, max_new_tokens=9, pad_token_id=PAD, **options)
@@ -101,8 +103,7 @@ def test_beam_search_options_equal_generate(seed, options):
     {"temperature": 0.9, "top_k": 10, "top_p": 0.9, "repetition_penalty": 1.2, "no_repeat_ngram_size": 2},
     {"temperature": 2.0, "top_k": 0, "top_p": 0.95, "min_new_tokens": 6},
 ])
-def test_seeded_sampling_equals_generate(seed, options):
-    ours, _ = models()
+def test_seeded_sampling_equals_generate(seed, options, ours):
     ids, mask = prompts(20 + seed)
     eos = frequent_token(ids, mask)
     mine = decoders.sample(ours, ids, attention_mask=mask, max_new_tokens=15, eos_token_id=eos, pad_token_id=PAD,

@@ -15,25 +15,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import LAYOUTS, max_abs_diff, random_reference, write_checkpoint
-from minigpt import GPT, GPTConfig, fused_attention, gpt2_block
+from helpers import LAYOUTS, max_abs_diff, random_reference, small_configs, write_checkpoint
+from minigpt import GPT, GPTConfig, fused_attention, gpt2_block, pack_for_cpu
 from weights import load_gpt2
 
 FP32_TOL = 1e-4
-
-
-@st.composite
-def small_configs(draw) -> GPTConfig:
-    n_head = draw(st.integers(1, 4))
-    head_dim = draw(st.sampled_from([1, 3, 5, 8, 16]))  # odd head sizes included
-    return GPTConfig(
-        n_layer=draw(st.integers(1, 3)),
-        n_head=n_head,
-        n_embd=n_head * head_dim,
-        n_inner=draw(st.sampled_from([None, 7, 24])),
-        vocab_size=draw(st.integers(2, 80)),
-        n_positions=draw(st.integers(4, 24)),
-    )
 
 
 def reference_and_ours(config: GPTConfig, layout: str, tmp_path, seed: int = 0, **load_kwargs):
@@ -148,3 +134,6 @@ def test_full_size_gpt2_matches_reference(layout, tmp_path):
     for layer, (mine, ref) in enumerate(zip(trace.hidden_states[:-1], theirs[:-1])):
         assert max_abs_diff(mine, ref) <= FP32_TOL, f"hidden state {layer}"
     assert torch.equal(trace.logits.argmax(-1), logits.argmax(-1))
+    with torch.no_grad():
+        packed = pack_for_cpu(ours)(ids)  # the fast CPU path, same weights
+    assert max_abs_diff(packed, logits) <= FP32_TOL

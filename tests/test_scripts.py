@@ -29,14 +29,16 @@ def run(script: str, *args: str) -> str:
     return done.stdout
 
 
-def test_verify_passes(checkpoint):
-    out = run("verify.py", "--weights", str(checkpoint), "--new-tokens", "5")
+@pytest.mark.parametrize("packed", [[], ["--pack"]])
+def test_verify_passes(checkpoint, packed):
+    out = run("verify.py", "--weights", str(checkpoint), "--new-tokens", "5", *packed)
+    assert ("(packed for CPU)" in out) == bool(packed)
     assert "PASS" in out and "top-1 agreement over" in out and "greedy, 5 new tokens: identical" in out
 
 
-@pytest.mark.parametrize("decoder", ["greedy", "sample", "beam"])
-def test_generate_streams_text(checkpoint, decoder):
-    out = run("generate.py", "--weights", str(checkpoint), "--prompt", "Hello there", "--decoder", decoder,
+@pytest.mark.parametrize("decoder, packed", [("greedy", []), ("sample", []), ("beam", []), ("greedy", ["--pack"])])
+def test_generate_streams_text(checkpoint, decoder, packed):
+    out = run("generate.py", "--weights", str(checkpoint), "--prompt", "Hello there", "--decoder", decoder, *packed,
               "--max-new-tokens", "6", "--num-return-sequences", "2" if decoder == "beam" else "1", "--choices")
     assert out.startswith("Hello there") and "alternatives (probability)" in out
 
@@ -51,3 +53,4 @@ def test_compare_prints_every_decoder(checkpoint):
 def test_bench_prints_ratios():
     out = run("bench.py", "--preset", "tiny", "--new-tokens", "4", "--repeats", "1", "--prefill-tokens", "16")
     assert out.count("x\n") == 5 and "KV cache" in out
+    assert "minigpt  ratio" in out and "minigpt, packed  ratio" in out

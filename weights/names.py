@@ -96,6 +96,10 @@ def public_to_ours(tensors: dict[str, Tensor], config: GPTConfig, where: str) ->
 def ours_to_public(state: dict[str, Tensor], n_layer: int, n_positions: int) -> dict[str, Tensor]:
     """Our state dict -> the hub's original layout, mask buffers included, so any reader of the
     public file reads ours."""
+    missing = [o for o, _, _ in name_table(n_layer) if o not in state]
+    if missing:  # a model whose modules were swapped (pack_for_cpu, say) no longer holds them
+        raise ValueError(f"the model has no tensor for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}: "
+                         "save a model built by GPT (an unpacked one)")
     public = {p: (state[o].t() if conv1d else state[o]).contiguous() for o, p, conv1d in name_table(n_layer)}
     causal = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.float32)).view(1, 1, n_positions, n_positions)
     for i in range(n_layer):
