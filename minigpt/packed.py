@@ -33,7 +33,7 @@ def pack_for_cpu(model: GPT) -> GPT:
         for name, child in parent.named_children():
             if type(child) is nn.Linear:  # exactly nn.Linear: a subclass may compute something else
                 setattr(parent, name, PackedLinear(child))
-    if type(model.wte) is TokenEmbedding:
+    if type(model.wte) is TokenEmbedding:  # not already packed
         model.wte = PackedTokenEmbedding(model.wte)
     return model
 
