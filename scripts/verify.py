@@ -44,7 +44,8 @@ def main() -> int:
     dtype = DTYPES[args.dtype]
     tolerance, reason = TOLERANCE[dtype]
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
-    ids = torch.tensor([Tokenizer.gpt2().encode(PROMPT)], device=args.device)
+    tokenizer = Tokenizer.gpt2()
+    ids = torch.tensor([tokenizer.encode(PROMPT)], device=args.device)
     if int(ids.max()) >= ours.config.vocab_size:  # a checkpoint with a smaller vocabulary than GPT-2's
         ids = ids.clamp(max=ours.config.vocab_size - 1)
         print(f"note: prompt ids above {ours.config.vocab_size - 1} were clamped to fit this vocabulary")
@@ -79,7 +80,6 @@ def main() -> int:
     same_tokens = torch.equal(mine, ref_tokens)
     print(f"greedy, {args.new_tokens} new tokens: {'identical' if same_tokens else 'DIFFERENT'}")
     if c.vocab_size == 50257:
-        tokenizer = Tokenizer.gpt2()
         text = tokenizer.decode(mine[0, ids.shape[1]:])
         print(f"text identical: {text == tokenizer.decode(ref_tokens[0, ids.shape[1]:])}: {text!r}")
     ok = all(diff <= tolerance for _, diff in rows) and same_tokens
