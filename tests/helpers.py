@@ -20,6 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 from minigpt import GPTConfig
+from weights import load_gpt2
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -90,6 +91,13 @@ def write_checkpoint(model: GPT2LMHeadModel, directory: Path, layout: str) -> Pa
     fields = cfg.to_diff_dict() | {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
     (directory / "config.json").write_text(json.dumps(fields, indent=2))
     return directory
+
+
+def reference_and_ours(config: GPTConfig, layout: str, tmp_path: Path, seed: int = 0, **load_kwargs):
+    """transformers' random GPT-2, and ours loaded from the checkpoint it was written to."""
+    reference = random_reference(config, seed)
+    directory = write_checkpoint(reference, tmp_path / f"{layout}-{seed}", layout)
+    return reference, load_gpt2(directory, **load_kwargs)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -15,17 +15,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import LAYOUTS, max_abs_diff, random_reference, small_configs, write_checkpoint
+from helpers import LAYOUTS, max_abs_diff, random_reference, reference_and_ours, small_configs, write_checkpoint
 from minigpt import GPT, GPTConfig, fused_attention, gpt2_block, pack_for_cpu
 from weights import load_gpt2
 
 FP32_TOL = 1e-4
-
-
-def reference_and_ours(config: GPTConfig, layout: str, tmp_path, seed: int = 0, **load_kwargs):
-    reference = random_reference(config, seed)
-    directory = write_checkpoint(reference, tmp_path / f"{layout}-{seed}", layout)
-    return reference, load_gpt2(directory, **load_kwargs)
 
 
 def reference_trace(reference, ids: torch.Tensor):

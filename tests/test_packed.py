@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers import max_abs_diff, random_reference, small_configs, write_checkpoint
+from helpers import max_abs_diff, reference_and_ours, small_configs
 from minigpt import GPT, GPTConfig, PackedLinear, pack_for_cpu
-from weights import load_gpt2, save_gpt2
+from weights import save_gpt2
 
 FP32_TOL = 1e-4
 SAME_MODEL_TOL = 1e-5
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 
 @given(config=small_configs(), seed=st.integers(0, 2**16), data=st.data())
 def test_packed_model_matches_reference(config, seed, data, tmp_path_factory):
-    reference = random_reference(config, seed)
-    packed = pack_for_cpu(load_gpt2(write_checkpoint(reference, tmp_path_factory.mktemp("ckpt"), "hub")))
+    reference, ours = reference_and_ours(config, "hub", tmp_path_factory.mktemp("ckpt"), seed)
+    packed = pack_for_cpu(ours)
     b, t = data.draw(st.integers(1, 3)), data.draw(st.integers(1, config.n_positions))
     ids = torch.randint(0, config.vocab_size, (b, t), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
