@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .generation import ALTERNATIVES, Generation, check_options, check_prompt, summarize
+from minigpt.checks import check_fits_in_memory, check_float, check_int
+
+from .generation import ALTERNATIVES, LENGTH_PENALTY_RANGE, Generation, check_options, check_prompt, summarize
 from .processors import chain
 
 IMPOSSIBLE = -1.0e9  # transformers' stand-in for log 0: finite, so sums with it stay ordered
@@ -54,7 +56,7 @@ def beam_search(
     early_stopping: bool | str = False,
     num_return_sequences: int = 1,
     attention_mask: Tensor | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     min_new_tokens: int = 0,
     no_repeat_ngram_size: int = 0,
@@ -66,22 +68,28 @@ def beam_search(
     `sequence_scores` its `sequences_scores`. length_penalty > 0 favours longer sequences,
     < 0 shorter ones; 0 ranks by plain log-probability.
     """
-    if not isinstance(num_beams, int) or num_beams < 1:
-        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
-    if not isinstance(num_return_sequences, int) or not 1 <= num_return_sequences <= num_beams:
-        raise ValueError(f"num_return_sequences must be in [1, num_beams={num_beams}], got {num_return_sequences!r}")
-    if not any(early_stopping is allowed for allowed in (True, False)) and early_stopping != "never":
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                        no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
     prompt_real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    v = model.config.vocab_size
+    check_int("num_beams", num_beams, 1, v)  # more beams than tokens: the first step cannot fill them
+    if v < 2:
+        raise ValueError(f"beam search needs a vocabulary of at least 2 tokens (it keeps 2 x num_beams candidates), got {v}")
+    check_int("num_return_sequences", num_return_sequences, 1, num_beams)
+    check_float("length_penalty", length_penalty, *LENGTH_PENALTY_RANGE)
+    if not (early_stopping is True or early_stopping is False or (isinstance(early_stopping, str) and early_stopping == "never")):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
     if max_new_tokens == 0:
         raise ValueError("max_new_tokens must be >= 1 for beam search: there is nothing to rank otherwise")
+    rows = input_ids.shape[0] * num_beams
+    # per step: several (rows v) float32 tables (log-probs, processed, totals, their log-softmax)
+    check_fits_in_memory(4 * rows * v * 4, f"beam search over {rows} beams x {v} tokens", input_ids.device)
     processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size,
-                       min_new_tokens=min_new_tokens, eos_token_id=eos_token_id)
+                       min_new_tokens=min_new_tokens, eos_ids=eos)
+    eos_tensor = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
 
     b, prompt_length = input_ids.shape
-    k, v, device = num_beams, model.config.vocab_size, input_ids.device
+    k, device = num_beams, input_ids.device
     total = prompt_length + max_new_tokens
     batch_rows = torch.arange(b, device=device)[:, None] * k  # (b 1): first cache row of each prompt
 
@@ -131,7 +139,7 @@ def beam_search(
         cand["alternatives"][:, :, step] = torch.take_along_dim(alt_ids.view(b, k, -1), parent[..., None], dim=1)
         cand["alternative_probs"][:, :, step] = torch.take_along_dim(alt_probs.view(b, k, -1), parent[..., None], dim=1)
 
-        ends = token == eos_token_id if eos_token_id is not None else torch.zeros_like(token, dtype=torch.bool)
+        ends = torch.isin(token, eos_tensor)  # (b c); all False without an EOS
         if step == max_new_tokens - 1:
             ends = torch.ones_like(ends)  # at the maximum length every candidate is final
 

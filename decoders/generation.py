@@ -7,11 +7,13 @@ Axes: n returned rows, b prompts, t tokens, v vocabulary, a alternatives kept pe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from minigpt.model import check_token_ids
+from minigpt.checks import check_float, check_int, check_mask, check_token_id, check_token_ids
+from minigpt.model import GPT
 
 ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
 
@@ -40,6 +42,8 @@ class Generation:
     def choices(self, row: int = 0, decode=None) -> str:
         """The "choices per step" table of one row: the chosen token, then the alternatives with
         their probabilities. `decode` (ids -> str), e.g. `tokenizer.decode`, shows text."""
+        check_int("row", row, 0, self.sequences.shape[0] - 1)
+        check_callback("decode", decode)
         show = (lambda i: repr(decode([i]))) if decode else str
         lines = [f"{'step':>4}  {'chosen':<16} {'entropy':>7}  alternatives (probability)"]
         for step in range(int(self.new_lengths[row])):
@@ -61,26 +65,36 @@ def summarize(logprobs: Tensor, k: int = ALTERNATIVES) -> tuple[Tensor, Tensor, 
     return entropy, top.indices, top.values.exp()
 
 
+# A temperature or repetition penalty multiplies or divides the logits. Logits of a real model are
+# at most ~1e4 in size, so scaled within this range they stay far inside float32 (3.4e38): the
+# softmax never meets inf - inf. 1e-45, say, turns every logit into inf and every score into NaN.
+SCALE_RANGE = (1e-6, 1e6)
+# length_penalty is an exponent of the generated length (<= 1024): 1024 ** 10 is still a float32,
+# while beyond it the normalised scores overflow to inf or underflow to ties.
+LENGTH_PENALTY_RANGE = (-10.0, 10.0)
+
+
+def check_model(model) -> None:
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a minigpt GPT (load_gpt2 or GPT(config)), got {type(model).__name__}")
+
+
 def check_prompt(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int) -> Tensor:
     """Validate a prompt batch; returns its attention mask as bool (b t)."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-        raise ValueError("input_ids must be a (batch, time) tensor of token ids")
-    if input_ids.numel() == 0:
-        raise ValueError(f"the prompt is empty (input_ids has shape {tuple(input_ids.shape)}): give at least one token")
-    context = model.config.n_positions
+    check_model(model)
+    check_int("max_new_tokens", max_new_tokens, low=0)
     check_token_ids(input_ids, model.config.vocab_size)
+    context = model.config.n_positions
     if input_ids.shape[1] + max_new_tokens > context:
         raise ValueError(
             f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"context of {context} positions; shorten one (nothing is truncated for you)"
         )
+    if input_ids.device != model.device:
+        raise ValueError(f"input_ids is on {input_ids.device} but the model is on {model.device}; move one of them")
     if attention_mask is None:
         return torch.ones_like(input_ids, dtype=torch.bool)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
-    mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+    mask = check_mask("attention_mask", attention_mask, tuple(input_ids.shape)).to(input_ids.device)
     if not bool(mask[:, -1].all()):
         raise ValueError("attention_mask must be left-padded: every row's last column must be a real token")
     return mask
@@ -89,26 +103,36 @@ def check_prompt(model, input_ids: Tensor, attention_mask: Tensor | None, max_ne
 def check_options(
     model,
     *,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
     pad_token_id: int | None,
     min_new_tokens: int,
     no_repeat_ngram_size: int,
     repetition_penalty: float,
-) -> int:
-    """Validate the options all decoders share; returns the pad id (the EOS id unless given)."""
+) -> tuple[tuple[int, ...], int]:
+    """Validate the options all decoders share. Returns the EOS ids (a tuple: transformers also
+    takes a list, and a row stops at any of them) and the pad id (the first EOS unless given)."""
+    check_model(model)
     vocab = model.config.vocab_size
-    for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
-        if value is not None and not 0 <= value < vocab:
-            raise ValueError(f"{name}={value} is outside the vocabulary [0, {vocab})")
-    if min_new_tokens < 0:
-        raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
-    if no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size must be >= 0 (0 is off), got {no_repeat_ngram_size}")
-    if not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1.0 is off), got {repetition_penalty}")
+    if eos_token_id is None:
+        eos = ()
+    elif isinstance(eos_token_id, (list, tuple)):
+        if not eos_token_id:
+            raise ValueError("eos_token_id is an empty list; give None for no EOS")
+        eos = tuple(check_token_id(f"eos_token_id[{i}]", e, vocab) for i, e in enumerate(eos_token_id))
+    else:
+        eos = (check_token_id("eos_token_id", eos_token_id, vocab),)
     if pad_token_id is not None:
-        return pad_token_id
-    return eos_token_id if eos_token_id is not None else 0
+        check_token_id("pad_token_id", pad_token_id, vocab)
+    check_int("min_new_tokens", min_new_tokens, low=0)
+    check_int("no_repeat_ngram_size", no_repeat_ngram_size, low=0)
+    check_float("repetition_penalty", repetition_penalty, *SCALE_RANGE)
+    pad = pad_token_id if pad_token_id is not None else eos[0] if eos else 0
+    return eos, pad
+
+
+def check_callback(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ValueError(f"{name} must be a function or None, got {type(value).__name__}")
 
 
 def sequence_logprob(model, sequences: Tensor, prompt_length: int, attention_mask: Tensor | None = None) -> Tensor:
@@ -117,9 +141,14 @@ def sequence_logprob(model, sequences: Tensor, prompt_length: int, attention_mas
     attention_mask (n t) marks real tokens; pass `Generation.attention_mask` so that the padding
     after an EOS does not count. Policy-gradient methods need exactly this with gradients.
     """
-    if not 0 < prompt_length < sequences.shape[1]:
-        raise ValueError(f"prompt_length must be in [1, {sequences.shape[1] - 1}] for sequences of length {sequences.shape[1]}")
-    mask = torch.ones_like(sequences) if attention_mask is None else attention_mask.to(sequences.device)
+    check_model(model)
+    check_token_ids(sequences, model.config.vocab_size, "sequences")
+    check_int("prompt_length", prompt_length, low=1)
+    if prompt_length >= sequences.shape[1]:
+        raise ValueError(f"sequences has {sequences.shape[1]} columns, so a prompt of prompt_length={prompt_length} "
+                         "leaves no continuation to score")
+    mask = torch.ones_like(sequences) if attention_mask is None else (
+        check_mask("attention_mask", attention_mask, tuple(sequences.shape)).to(sequences.device).long())
     logits = model(sequences, attention_mask=mask)  # (n t v)
     logprobs = logits[:, prompt_length - 1 : -1].float().log_softmax(dim=-1)  # predictions of the new tokens
     targets = sequences[:, prompt_length:]

@@ -17,7 +17,7 @@ def greedy(
     *,
     max_new_tokens: int,
     attention_mask: Tensor | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     min_new_tokens: int = 0,
     no_repeat_ngram_size: int = 0,
@@ -27,14 +27,14 @@ def greedy(
     """Extend each prompt row (b t) by up to max_new_tokens argmax tokens.
 
     Equals `transformers` `generate(do_sample=False, num_beams=1)` with the same options. A row
-    stops at eos_token_id and is then padded with pad_token_id (default: the EOS id); decoding
-    stops when every row has stopped. Prompts of different lengths are left-padded, with
+    stops at eos_token_id (or at any of a list of them) and is then padded with pad_token_id
+    (default: the first EOS id); decoding stops when every row has stopped. Prompts of different lengths are left-padded, with
     attention_mask marking the real tokens.
     """
-    pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                        no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
     processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size,
-                       min_new_tokens=min_new_tokens, eos_token_id=eos_token_id)
+                       min_new_tokens=min_new_tokens, eos_ids=eos)
     return token_loop(model, input_ids, choose=lambda logits: logits.argmax(dim=-1), processors=processors,
-                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, eos_token_id=eos_token_id,
+                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, eos_ids=eos,
                       pad_token_id=pad, on_token=on_token)

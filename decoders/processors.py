@@ -74,7 +74,7 @@ def chain(
     repetition: float = 1.0,
     ngram: int = 0,
     min_new_tokens: int = 0,
-    eos_token_id: int | None = None,
+    eos_ids: tuple[int, ...] = (),
     t: float = 1.0,
     k: int = 0,
     p: float = 1.0,
@@ -85,8 +85,8 @@ def chain(
         steps.append(lambda x, tokens, real, new: repetition_penalty(x, tokens, real, repetition))
     if ngram > 0:
         steps.append(lambda x, tokens, real, new: no_repeat_ngram(x, tokens, real, ngram))
-    if min_new_tokens > 0 and eos_token_id is not None:
-        steps.append(lambda x, tokens, real, new: forbid_tokens(x, [eos_token_id]) if new < min_new_tokens else x)
+    if min_new_tokens > 0 and eos_ids:
+        steps.append(lambda x, tokens, real, new: forbid_tokens(x, list(eos_ids)) if new < min_new_tokens else x)
     if t != 1.0:
         steps.append(lambda x, tokens, real, new: temperature(x, t))
     if k > 0:

@@ -7,7 +7,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .generation import Generation, check_options
+from minigpt.checks import check_float, check_int
+
+from .generation import SCALE_RANGE, Generation, check_options
 from .processors import chain
 from .token_loop import token_loop
 
@@ -22,7 +24,7 @@ def sample(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     attention_mask: Tensor | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     min_new_tokens: int = 0,
     no_repeat_ngram_size: int = 0,
@@ -39,16 +41,20 @@ def sample(
     `torch.manual_seed(s); model.generate(do_sample=True, ...)` with the same options.
     Other options, padding and stopping are as in `greedy`.
     """
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 is off), got {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 is off), got {top_p}")
-    pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                        no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    check_float("temperature", temperature, 0.0, SCALE_RANGE[1])
+    if 0 < temperature < SCALE_RANGE[0]:
+        raise ValueError(f"temperature must be 0 (greedy) or in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {temperature:g}")
+    check_int("top_k", top_k, low=0)
+    check_float("top_p", top_p, 0.0, 1.0, open_low=True)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    if generator is not None and generator.device.type != model.device.type:
+        raise ValueError(f"generator is on {generator.device} but the model is on {model.device}; "
+                         f"make it with torch.Generator(device={model.device.type!r})")
     processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-                       eos_token_id=eos_token_id, t=temperature or 1.0, k=top_k, p=top_p)
+                       eos_ids=eos, t=temperature or 1.0, k=top_k, p=top_p)
 
     def draw(logits: Tensor) -> Tensor:
         if temperature == 0:
@@ -56,4 +62,4 @@ def sample(
         return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)[:, 0]
 
     return token_loop(model, input_ids, choose=draw, processors=processors, max_new_tokens=max_new_tokens,
-                      attention_mask=attention_mask, eos_token_id=eos_token_id, pad_token_id=pad, on_token=on_token)
+                      attention_mask=attention_mask, eos_ids=eos, pad_token_id=pad, on_token=on_token)

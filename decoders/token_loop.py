@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .generation import Generation, check_prompt, summarize
+from .generation import Generation, check_callback, check_prompt, summarize
 from .processors import Processor
 
 
@@ -25,12 +25,14 @@ def token_loop(
     processors: Processor,
     max_new_tokens: int,
     attention_mask: Tensor | None,
-    eos_token_id: int | None,
-    pad_token_id: int | None,
+    eos_ids: tuple[int, ...],
+    pad_token_id: int,
     on_token: Callable[[Tensor], None] | None = None,
 ) -> Generation:
     """choose: processed logits (b v) -> token ids (b). on_token: sees each step's tokens (b), for streaming."""
     real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    check_callback("on_token", on_token)
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
     b, prompt_length = input_ids.shape
     tokens = input_ids
     finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
@@ -42,7 +44,7 @@ def token_loop(
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
         processed = processors(logits, tokens, real, step)
         chosen = choose(processed)  # (b)
-        if eos_token_id is not None:
+        if eos_ids:
             chosen = chosen.masked_fill(finished, pad_token_id)
         processed_logprobs = processed.log_softmax(dim=-1)
         logprobs = processed_logprobs if processed is logits else logits.log_softmax(dim=-1)  # no processor: the same
@@ -53,8 +55,8 @@ def token_loop(
         real = torch.cat([real, torch.ones_like(chosen[:, None], dtype=torch.bool)], dim=1)
         if on_token is not None:
             on_token(chosen)
-        if eos_token_id is not None:
-            finished = finished | (chosen == eos_token_id)
+        if eos_ids:
+            finished = finished | torch.isin(chosen, eos)
             if bool(finished.all()):
                 break
         if step + 1 < max_new_tokens:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checks import check_float, check_int, check_readable, few
+
 END_OF_TEXT_ID = 50256
 
 
@@ -29,20 +31,23 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name), low=1)
+        if self.n_inner is not None:
+            check_int("n_inner", self.n_inner, low=1)
+        check_float("layer_norm_epsilon", self.layer_norm_epsilon, low=0.0, open_low=True)
+        check_float("dropout", self.dropout, low=0.0, high=1.0, open_high=True)
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd / n_head dimensions"
             )
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
-            raise ValueError(f"GPTConfig.n_inner must be a positive integer or None, got {self.n_inner!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(f"GPTConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the model this config describes (the tied head counted once)."""
+        d, w, n = self.n_embd, self.mlp_width, self.n_layer
+        block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * w + w) + (w * d + d)  # 2 LayerNorms, attn, mlp
+        return (self.vocab_size + self.n_positions) * d + n * block + 2 * d
 
     @property
     def head_dim(self) -> int:
@@ -66,9 +71,7 @@ class GPTConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> GPTConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
+        path = check_readable(Path(path), "config file")
         try:
             fields = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -85,20 +88,25 @@ class GPTConfig:
         """Build from the keys transformers writes for GPT-2; refuse what would change the model."""
         unknown = sorted(set(fields) - set(_USED) - set(_MUST_EQUAL) - _IGNORED)
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}: minigpt does not know what they change")
+            raise ValueError(f"unknown config field(s) {few(unknown)}: minigpt does not know what they change")
         for key, expected in _MUST_EQUAL.items():
-            if key in fields and fields[key] != expected:
+            # compared with its type: `"scale_attn_weights": 1` is not the true it stands for
+            if key in fields and (type(fields[key]) is not type(expected) or fields[key] != expected):
                 raise ValueError(
-                    f"config field {key}={fields[key]!r} is not supported (minigpt builds GPT-2 with {key}={expected!r})"
+                    f"config field {key}={repr(fields[key])[:40]} is not supported "
+                    f"(minigpt builds GPT-2 with {key}={expected!r})"
                 )
-        if "n_ctx" in fields and "n_positions" in fields and fields["n_ctx"] != fields["n_positions"]:
-            raise ValueError(f"n_ctx ({fields['n_ctx']}) and n_positions ({fields['n_positions']}) disagree")
-        rates = {key: fields[key] for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop") if key in fields}
+        if "n_ctx" in fields:
+            check_int("n_ctx", fields["n_ctx"], low=1)
+            if "n_positions" in fields and fields["n_ctx"] != fields["n_positions"]:
+                raise ValueError(f"n_ctx ({fields['n_ctx']}) and n_positions ({fields['n_positions']!r}) disagree")
+        rates = {key: check_float(key, fields[key], 0.0, 1.0, open_high=True)
+                 for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop") if key in fields}
         if len(set(rates.values())) > 1:
             raise ValueError(f"minigpt uses one dropout rate, but the config gives different ones: {rates}")
         kwargs = {ours: fields[theirs] for theirs, ours in _USED.items() if theirs in fields and ours != "dropout"}
         if rates:
-            kwargs["dropout"] = float(next(iter(rates.values())))
+            kwargs["dropout"] = next(iter(rates.values()))
         if "n_positions" not in fields and "n_ctx" in fields:
             kwargs["n_positions"] = fields["n_ctx"]
         return cls(**kwargs)

@@ -10,11 +10,14 @@ Layout: keys and values are (layer, b, h, max_length, d); `length` positions are
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .checks import check_fits_in_memory, check_int
 
 
 class KVCache:
@@ -29,9 +32,12 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ):
-        if batch < 1 or max_length < 1:
-            raise ValueError(f"KVCache needs batch >= 1 and max_length >= 1, got batch={batch}, max_length={max_length}")
+        for name, value in (("n_layer", n_layer), ("batch", batch), ("n_head", n_head), ("head_dim", head_dim),
+                            ("max_length", max_length)):
+            check_int(name, value, low=1)
         shape = (n_layer, batch, n_head, max_length, head_dim)
+        element = torch.empty(0, dtype=dtype).element_size()
+        check_fits_in_memory(2 * math.prod(shape) * element, f"a KV cache of {batch} rows x {max_length} positions", device)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.mask = torch.zeros(batch, max_length, device=device, dtype=torch.bool)  # True: a real token
@@ -41,6 +47,7 @@ class KVCache:
     def for_model(cls, model: torch.nn.Module, batch: int, max_length: int) -> KVCache:
         """A cache shaped for `model`, on its device and in its dtype."""
         c = model.config
+        check_int("max_length", max_length, 1, c.n_positions)  # more positions than the model has embeddings for
         weight = model.wte.weight
         return cls(c.n_layer, batch, c.n_head, c.head_dim, max_length, device=weight.device, dtype=weight.dtype)
 
@@ -82,6 +89,10 @@ class KVCache:
 
     def reorder(self, rows: Tensor) -> None:
         """Row i becomes old row rows[i] (beam search keeps the beams it chose)."""
+        if not isinstance(rows, Tensor) or rows.shape != (self.batch,) or rows.dtype != torch.long:
+            raise ValueError(f"reorder takes a long tensor of {self.batch} row indices, got {rows!r:.60}")
+        if bool(((rows < 0) | (rows >= self.batch)).any()):
+            raise ValueError(f"reorder's row indices must be in [0, {self.batch})")
         n = self.length
         self.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
         self.values[:, :, :, :n] = self.values[:, rows, :, :n]
@@ -89,6 +100,8 @@ class KVCache:
 
     def repeat_rows(self, times: int) -> KVCache:
         """A new cache whose rows are each old row repeated `times` times: (b ...) -> ((b times) ...)."""
+        check_int("times", times, low=1)
+        check_fits_in_memory(self.nbytes * times, f"a KV cache of {self.batch * times} rows", self.keys.device)
         grown = KVCache.__new__(KVCache)
         grown.keys = self.keys.repeat_interleave(times, dim=1)
         grown.values = self.values.repeat_interleave(times, dim=1)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .block import gpt2_block
+from .checks import check_finite_tensor, check_fits_in_memory, check_mask, check_token_ids
 from .config import GPTConfig
 from .embedding import TokenEmbedding
 from .kv_cache import KVCache
@@ -34,6 +35,14 @@ class Trace:
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, make_block: Callable[[GPTConfig], nn.Module] = gpt2_block):
         super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        if not callable(make_block):
+            raise ValueError(f"make_block must be a function GPTConfig -> block, got {type(make_block).__name__}")
+        default = torch.get_default_device()
+        if default.type != "meta":  # on meta nothing is allocated: a loader builds there first
+            check_fits_in_memory(config.parameter_count * torch.get_default_dtype().itemsize,
+                                 f"GPT({config.parameter_count:,} parameters)", default)
         self.config = config
         self.wte = TokenEmbedding(config.vocab_size, config.n_embd)  # token -> vector; also the output head
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # position -> vector (learned)
@@ -73,15 +82,13 @@ class GPT(nn.Module):
         only_last: bool,
         record: bool,
     ) -> Trace:
-        past = cache.length if cache is not None else 0
-        self._check_inputs(input_ids, attention_mask, cache, head_mask, past)
+        past = cache.length if isinstance(cache, KVCache) else 0
+        seen = self._check_inputs(input_ids, attention_mask, cache, head_mask, past)
         b, t = input_ids.shape
         device = input_ids.device
 
         # Which of the s = past + t positions hold real tokens, and the position of each new token.
-        if attention_mask is not None:
-            seen = attention_mask.to(device=device, dtype=torch.bool)  # (b s)
-        else:
+        if seen is None:
             new = torch.ones(b, t, dtype=torch.bool, device=device)
             seen = torch.cat([cache.mask[:, :past], new], dim=1) if cache is not None else new
         positions = (seen.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (b t), padding counts nothing
@@ -121,35 +128,32 @@ class GPT(nn.Module):
         cache: KVCache | None,
         head_mask: Tensor | None,
         past: int,
-    ) -> None:
+    ) -> Tensor | None:
+        """Check every argument; returns the attention mask as bool, or None."""
         c = self.config
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a (batch, time) tensor, got {shape}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-        b, t = input_ids.shape
-        if b == 0 or t == 0:
-            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
         check_token_ids(input_ids, c.vocab_size)
+        if input_ids.device != self.device:
+            raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.device}; move one of them")
+        b, t = input_ids.shape
         if past + t > c.n_positions:
             raise ValueError(
                 f"{past + t} positions ({past} cached + {t} new) exceed the model's context of "
                 f"n_positions={c.n_positions}"
             )
-        if attention_mask is not None and tuple(attention_mask.shape) != (b, past + t):
-            raise ValueError(
-                f"attention_mask must have shape (batch, cached + new) = ({b}, {past + t}), "
-                f"got {tuple(attention_mask.shape)}"
-            )
         if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise ValueError(f"cache must be a KVCache (model.new_cache(batch, max_length)), got {type(cache).__name__}")
             if cache.batch != b:
                 raise ValueError(f"the cache holds {cache.batch} rows but input_ids has {b}")
             cache.check_room(t)
-        if head_mask is not None and tuple(head_mask.shape) != (c.n_layer, c.n_head):
-            raise ValueError(
-                f"head_mask must have shape (n_layer, n_head) = ({c.n_layer}, {c.n_head}), got {tuple(head_mask.shape)}"
-            )
+        if head_mask is not None:
+            check_finite_tensor("head_mask", head_mask, (c.n_layer, c.n_head))
+        if attention_mask is None:
+            return None
+        mask = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)
+        if past and not torch.equal(mask[:, :past], cache.mask[:, :past].to(mask.device)):
+            raise ValueError(f"attention_mask's first {past} columns contradict the padding the cache already holds")
+        return mask
 
     @property
     def device(self) -> torch.device:
@@ -161,13 +165,6 @@ class GPT(nn.Module):
 
     def new_cache(self, batch: int, max_length: int) -> KVCache:
         return KVCache.for_model(self, batch, max_length)
-
-
-def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
-    """Every id must index the embedding; name the first one that does not."""
-    low, high = (int(x) for x in torch.aminmax(input_ids))
-    if low < 0 or high >= vocab_size:
-        raise ValueError(f"token id {low if low < 0 else high} is outside the vocabulary [0, {vocab_size})")
 
 
 def _init_gpt2_weights(module: nn.Module) -> None:

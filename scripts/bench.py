@@ -22,8 +22,10 @@ import warnings
 import torch
 
 import decoders
-from common import DTYPES, random_gpt2_checkpoint
+from common import DTYPES, Parser, option, positive_int, random_gpt2_checkpoint, run
 from minigpt import pack_for_cpu
+from minigpt.checks import check_device
+from minigpt.config import PRESETS
 from weights import load_gpt2
 
 
@@ -46,16 +48,24 @@ def timed(runs: list, device: str, repeats: int) -> list[float]:
     return [statistics.median(column) for column in zip(*times)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="gpt2", help="model shape (gpt2, gpt2-medium, ..., tiny)")
+def parser() -> Parser:
+    parser = Parser(__doc__)
+    parser.add_argument("--preset", choices=PRESETS, default="gpt2", help="model shape")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--prefill-tokens", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--new-tokens", type=positive_int, default=64)
+    parser.add_argument("--prompt-tokens", type=positive_int, default=16)
+    parser.add_argument("--prefill-tokens", type=positive_int, default=512)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    option(check_device, "--device", args.device)
+    context = PRESETS[args.preset].n_positions
+    if args.prompt_tokens + args.new_tokens > context or args.prefill_tokens > context:
+        raise ValueError(f"--prompt-tokens + --new-tokens and --prefill-tokens must fit the {args.preset} context "
+                         f"of {context} positions")
     warnings.filterwarnings("ignore")
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging
@@ -112,4 +122,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, parser()))

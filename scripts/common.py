@@ -1,20 +1,96 @@
-"""What the command-line scripts share: choosing a device and dtype, and getting a model."""
+"""What the command-line scripts share: the parser and its error convention, choosing a device and
+dtype, getting a model, and turning a prompt into ids.
+
+A user error (a bad option, a checkpoint that does not load, a prompt the vocabulary cannot hold)
+is one line `error: ...` on stderr naming the option, and exit status 2, argparse's convention;
+never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import json
+import math
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, NoReturn
 
 import torch
 
-from minigpt import GPT, GPTConfig, pack_for_cpu
+from minigpt import GPT, GPTConfig, Tokenizer, pack_for_cpu
+from minigpt.checks import check_device
 from weights import find_cached, load_gpt2, locate, save_gpt2
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+
+class Parser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose errors are one line, `error: <message>`, and exit status 2."""
+
+    def __init__(self, description: str | None):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)  # newlines folded: one line
+        sys.exit(2)
+
+
+def run(main: Callable[[argparse.Namespace], int], parser: Parser) -> int:
+    """Parse the arguments and run `main`; a ValueError (minigpt's error for every bad input) is a
+    user error, reported with the options named as the user typed them (num_beams -> --num-beams)."""
+    args = parser.parse_args()
+    try:
+        return main(args)
+    except ValueError as err:
+        parser.error(_with_flags(str(err), parser))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _with_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """Spell a library argument name (num_beams) as the option the user typed (--num-beams).
+    A single word (temperature, device) may be ordinary English, so it is replaced only where it
+    opens the message, as its subject."""
+    for action in parser._actions:
+        if action.option_strings:
+            where = rf"\b{action.dest}\b" if "_" in action.dest else rf"^{action.dest}\b"
+            message = re.sub(where, action.option_strings[0], message)
+    return message
+
+
+# ---- option types: argparse calls them, and names the option when they raise ----------------
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+for _type, _name in ((positive_int, "integer"), (non_negative_int, "integer"), (finite_float, "number")):
+    _type.__name__ = _name  # argparse says "invalid integer value: 'x'" for int('x')
+
+
+# ---- the model ----------------------------------------------------------------------------------
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="checkpoint directory or hub name (gpt2, gpt2-medium, ...); "
@@ -27,11 +103,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace) -> tuple[GPT, Path, str]:
     """The model the arguments ask for, its checkpoint directory, and a line that says what it is."""
+    option(check_device, "--device", args.device)
     directory, what = checkpoint_from(args)
-    model = load_gpt2(directory, device=args.device, dtype=DTYPES[args.dtype])
+    model = option(load_gpt2, "--weights", directory, device=args.device, dtype=DTYPES[args.dtype])
     if args.pack:
-        return pack_for_cpu(model), directory, what + " (packed for CPU)"
+        return option(pack_for_cpu, "--pack", model), directory, what + " (packed for CPU)"
     return model, directory, what
+
+
+def option(function: Callable, flag: str, *args, **kwargs):
+    """function(*args, **kwargs), with a ValueError said to come from the option `flag`."""
+    try:
+        return function(*args, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
 
 
 def random_gpt2_checkpoint(preset: str = "gpt2", seed: int = 0) -> Path:
@@ -39,13 +124,13 @@ def random_gpt2_checkpoint(preset: str = "gpt2", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     directory = Path(tempfile.mkdtemp(prefix=f"minigpt-random-{preset}-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)  # ~0.5 GB for the 124M shape
-    return save_gpt2(GPT(GPTConfig.preset(preset)), directory)
+    return save_gpt2(GPT(GPTConfig.preset(preset)), directory, overwrite=True)
 
 
 def checkpoint_from(args: argparse.Namespace) -> tuple[Path, str]:
     """The checkpoint directory the arguments ask for, and a line that says what it is."""
-    if args.weights:
-        directory = locate(args.weights)
+    if args.weights is not None:  # --weights "" is a mistake, not a request for random weights
+        directory = option(locate, "--weights", args.weights)
         return directory, f"weights: {directory}"
     cached = find_cached("gpt2")
     if cached is not None:
@@ -53,23 +138,65 @@ def checkpoint_from(args: argparse.Namespace) -> tuple[Path, str]:
     return random_gpt2_checkpoint(), "weights: random GPT-2 124M (no --weights given and gpt2 is not cached)"
 
 
+# ---- the prompt and the decoders ----------------------------------------------------------------
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str, model: GPT) -> torch.Tensor:
+    """--prompt as a (1 t) tensor of ids on the model's device, or an error naming --prompt."""
+    if not prompt:
+        raise ValueError("--prompt is empty: give some text to continue")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # the shell passed bytes that are not UTF-8 (Python keeps them as surrogates)
+        raise ValueError("--prompt is not valid UTF-8 text") from None
+    ids = tokenizer.encode(prompt)
+    vocab = model.config.vocab_size
+    if max(ids) >= vocab:
+        raise ValueError(f"--prompt holds token id {max(ids)}, outside this checkpoint's vocabulary of {vocab} "
+                         "tokens (its tokenizer is not GPT-2's)")
+    return torch.tensor([ids], device=model.device)
+
+
 def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling generator")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seeds the sampling generator")
+    parser.add_argument("--temperature", type=finite_float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0, help="0 is off (transformers defaults to 50 when sampling)")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-p", type=finite_float, default=1.0)
     parser.add_argument("--num-beams", type=int, default=4)
-    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--length-penalty", type=finite_float, default=1.0)
     parser.add_argument("--early-stopping", choices=["true", "false", "never"], default="false")
     parser.add_argument("--num-return-sequences", type=int, default=1)
     parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=finite_float, default=1.0)
     parser.add_argument("--min-new-tokens", type=int, default=0)
+    parser.add_argument("--eos-token-id", default=None,
+                        help="stop a row at this token id ('none': never stop early); default: the "
+                             "checkpoint's config.json eos_token_id, if it names one")
 
 
-def shared_options(args: argparse.Namespace, eos_token_id: int) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos_token_id, min_new_tokens=args.min_new_tokens,
+def eos_token_id(args: argparse.Namespace, directory: Path, model: GPT) -> int | list[int] | None:
+    """--eos-token-id, or the checkpoint's own (config.json), checked against its vocabulary."""
+    vocab = model.config.vocab_size
+    if args.eos_token_id is not None:
+        if args.eos_token_id.lower() == "none":
+            return None
+        try:
+            eos = int(args.eos_token_id)
+        except ValueError:
+            raise ValueError(f"--eos-token-id must be a token id or 'none', got {args.eos_token_id!r}") from None
+        if not 0 <= eos < vocab:
+            raise ValueError(f"--eos-token-id {eos} is outside this checkpoint's vocabulary [0, {vocab})")
+        return eos
+    eos = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in ids):
+        raise ValueError(f"--eos-token-id: the checkpoint's config names EOS {eos!r}, which is not a token of its "
+                         f"vocabulary [0, {vocab}); pass --eos-token-id ID, or 'none'")
+    return eos
+
+
+def shared_options(args: argparse.Namespace, eos: int | list[int] | None) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos, min_new_tokens=args.min_new_tokens,
                 no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
 
 

@@ -13,7 +13,8 @@ import sys
 import torch
 
 import decoders
-from common import add_decoder_arguments, add_model_arguments, early_stopping, load_model, shared_options
+from common import (Parser, add_decoder_arguments, add_model_arguments, early_stopping, eos_token_id, load_model,
+                    prompt_ids, run, shared_options)
 from minigpt import Tokenizer
 
 
@@ -22,18 +23,20 @@ def distinct(tokens: list[int], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> Parser:
+    parser = Parser(__doc__)
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True)
     add_decoder_arguments(parser)
-    args = parser.parse_args()
+    return parser
 
-    model, _, what = load_model(args)
+
+def main(args: argparse.Namespace) -> int:
+    model, directory, what = load_model(args)
     print(what)
     tokenizer = Tokenizer.gpt2()
-    ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
-    options = shared_options(args, tokenizer.eot_id)
+    ids = prompt_ids(tokenizer, args.prompt, model)
+    options = shared_options(args, eos_token_id(args, directory, model))
 
     def seeded() -> torch.Generator:
         return torch.Generator(device=args.device).manual_seed(args.seed)
@@ -61,4 +64,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, parser()))

@@ -14,31 +14,39 @@ import sys
 import torch
 
 import decoders
-from common import add_decoder_arguments, add_model_arguments, early_stopping, load_model, shared_options
+from common import (Parser, add_decoder_arguments, add_model_arguments, early_stopping, eos_token_id, load_model,
+                    prompt_ids, run, shared_options)
 from minigpt import Tokenizer
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> Parser:
+    parser = Parser(__doc__)
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--decoder", choices=["greedy", "beam", "sample"], default="greedy")
     add_decoder_arguments(parser)
     parser.add_argument("--choices", action="store_true", help="print the choices-per-step table afterwards")
-    args = parser.parse_args()
+    return parser
 
-    model, _, what = load_model(args)
+
+def main(args: argparse.Namespace) -> int:
+    model, directory, what = load_model(args)
     print(what, file=sys.stderr)
     tokenizer = Tokenizer.gpt2()
-    ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
-    options = shared_options(args, tokenizer.eot_id)
+    ids = prompt_ids(tokenizer, args.prompt, model)
+    eos = eos_token_id(args, directory, model)
+    options = shared_options(args, eos)
 
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a token may end mid-character
-    print(args.prompt, end="", flush=True)
+    started = False  # the prompt is printed with the first token, once the decoder has accepted the options
 
     def stream(tokens: torch.Tensor) -> None:
+        nonlocal started
+        if not started:
+            print(args.prompt, end="", flush=True)
+            started = True
         token = int(tokens[0])
-        if token != tokenizer.eot_id:
+        if eos is None or token not in (eos if isinstance(eos, list) else [eos]):
             print(text.decode(tokenizer.decode_bytes([token])), end="", flush=True)
 
     if args.decoder == "greedy":
@@ -51,6 +59,7 @@ def main() -> int:
         out = decoders.beam_search(model, ids, num_beams=args.num_beams, length_penalty=args.length_penalty,
                                    early_stopping=early_stopping(args.early_stopping),
                                    num_return_sequences=args.num_return_sequences, **options)
+        print(args.prompt, end="")
         for row in range(out.sequences.shape[0]):
             new = out.new_tokens[row, : int(out.new_lengths[row])]
             label = f"\n[beam {row}, score {float(out.sequence_scores[row]):.3f}] " if row else ""
@@ -62,4 +71,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, parser()))

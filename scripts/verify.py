@@ -17,7 +17,7 @@ import warnings
 import torch
 
 import decoders
-from common import DTYPES, add_model_arguments, load_model
+from common import DTYPES, Parser, add_model_arguments, load_model, positive_int, run
 from minigpt import Tokenizer
 
 PROMPT = "The history of natural language processing generally started in the 1950s, when"
@@ -28,11 +28,14 @@ TOLERANCE = {  # max |Δ| allowed, and why
 }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> Parser:
+    parser = Parser(__doc__)
     add_model_arguments(parser)
-    parser.add_argument("--new-tokens", type=int, default=20, help="greedy tokens to compare")
-    args = parser.parse_args()
+    parser.add_argument("--new-tokens", type=positive_int, default=20, help="greedy tokens to compare")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore")
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging
@@ -46,6 +49,9 @@ def main() -> int:
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
     tokenizer = Tokenizer.gpt2()
     ids = torch.tensor([tokenizer.encode(PROMPT)], device=args.device)
+    if ids.shape[1] + args.new_tokens > ours.config.n_positions:
+        raise ValueError(f"--new-tokens {args.new_tokens} after the {ids.shape[1]}-token prompt exceeds this "
+                         f"checkpoint's context of {ours.config.n_positions} positions")
     if int(ids.max()) >= ours.config.vocab_size:  # a checkpoint with a smaller vocabulary than GPT-2's
         ids = ids.clamp(max=ours.config.vocab_size - 1)
         print(f"note: prompt ids above {ours.config.vocab_size - 1} were clamped to fit this vocabulary")
@@ -88,4 +94,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, parser()))

@@ -112,3 +112,25 @@ def test_seeded_sampling_equals_generate(seed, options, ours):
     theirs = generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, do_sample=True, eos_token_id=eos,
                       pad_token_id=PAD, **options)
     assert torch.equal(mine.sequences, theirs.sequences)
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam_search", "sample"])
+def test_a_list_of_eos_ids_stops_a_row_at_any_of_them(decoder, ours):
+    """transformers takes a list of EOS ids; so do we, with the same result."""
+    ids, mask = prompts(30)
+    free = decoders.greedy(ours, ids, attention_mask=mask, max_new_tokens=6).new_tokens
+    eos = [int(free[0, 2]), int(free[1, 1])]  # two tokens that end different rows early
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD)
+    if decoder == "sample":
+        mine = decoders.sample(ours, generator=torch.Generator().manual_seed(3), **kwargs)
+        torch.manual_seed(3)
+        theirs = generate(do_sample=True, top_k=0, **kwargs)
+    else:
+        beams = {"num_beams": 3} if decoder == "beam_search" else {}
+        mine = getattr(decoders, decoder)(ours, **beams, **kwargs)
+        theirs = generate(do_sample=False, **beams, **kwargs)
+    assert torch.equal(mine.sequences, theirs.sequences)
+    if decoder == "beam_search":
+        assert (mine.sequence_scores - theirs.sequences_scores).abs().max() <= SCORE_TOL
+    else:
+        assert mine.new_lengths.min() < 10  # some row did stop early

@@ -45,9 +45,10 @@ def test_packed_cached_padded_batch_equals_unpacked_in_one_pass(config, seed, da
     b, t = data.draw(st.integers(1, 3)), data.draw(st.integers(2, config.n_positions))
     ids = torch.randint(0, config.vocab_size, (b, t))
     mask = torch.ones(b, t, dtype=torch.long)
-    for row in range(b):
-        mask[row, : data.draw(st.integers(0, t - 1))] = 0  # at least one real token per row
-    cut = data.draw(st.integers(1, t - 1))
+    pads = [data.draw(st.integers(0, t - 2)) for _ in range(b)]
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+    cut = data.draw(st.integers(max(pads) + 1, t - 1))  # every row has a real token in the first chunk
     cache = packed.new_cache(b, t)
     with torch.no_grad():
         whole = plain(ids, attention_mask=mask)

@@ -114,3 +114,67 @@ def test_packaged_vocabulary_is_checked(monkeypatch):
     monkeypatch.setitem(__import__("minigpt.tokenizer").tokenizer.PACKAGED_SHA256, "vocab.bpe", "0" * 64)
     with pytest.raises(ValueError, match="vocab.bpe does not have OpenAI's sha256"):
         Tokenizer.gpt2()
+
+
+# ---- text that is not valid Unicode, and inputs of the wrong kind -----------------------------
+
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+
+
+@given(st.lists(st.one_of(surrogates, tricky, st.text(max_size=3)), max_size=10).map("".join))
+@settings(max_examples=200)
+def test_lone_surrogates_are_encoded_as_tiktoken_does(text):
+    """A surrogate pair becomes its character and a lone surrogate U+FFFD, as in tiktoken."""
+    assert ours().encode(text) == reference().encode(text, disallowed_special=())
+
+
+def test_a_very_long_word_equals_tiktoken():
+    """Merging is O(n log n): a naive merge loop takes minutes on a word this long."""
+    import random
+    import string
+    word = "".join(random.Random(0).choice(string.ascii_letters) for _ in range(30_000))
+    assert ours().encode(word) == reference().encode(word, disallowed_special=())
+
+
+def test_the_merge_cache_is_bounded():
+    from minigpt.tokenizer import CACHE_SIZE
+    tok = Tokenizer.gpt2()
+    words = [f" w{i}q" for i in range(CACHE_SIZE + 1000)]
+    for word in words:
+        tok.encode(word)
+    assert len(tok._cache) == CACHE_SIZE
+    assert tok.encode(words[0]) == reference().encode(words[0])  # a forgotten word is merged again, the same
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t: t.encode_batch("a string"), "encode_batch takes a list of strings, got str"),
+    (lambda t: t.encode_batch(["a", 3]), "text 1 of the batch is a int, not a str"),
+    (lambda t: t.encode_batch([]), "encode_batch got no texts"),
+    (lambda t: t.encode(b"bytes"), "encode takes a str, got bytes"),
+    (lambda t: t.decode(torch.tensor([[1, 2], [3, 4]])), r"decode takes a 1-D tensor .* shape \(2, 2\)"),
+    (lambda t: t.decode(torch.tensor([True, False])), "dtype torch.bool"),
+    (lambda t: t.decode(torch.tensor([1.0, 2.0])), "dtype torch.float32"),
+    (lambda t: t.decode([True, 5]), "decode takes integer token ids, got bool True"),
+    (lambda t: t.decode([1, 2.0]), "decode takes integer token ids, got float 2.0"),
+    (lambda t: t.decode(5), "decode takes a list or 1-D tensor of token ids, got int"),
+    (lambda t: t.decode([-1]), "token id -1 is not in the vocabulary"),
+    (lambda t: t.decode(torch.tensor([50257])), "token id 50257 is not in the vocabulary"),
+])
+def test_bad_input_is_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(ours())
+
+
+@pytest.mark.parametrize("vocab, merges, message", [
+    ('{"a": 0, "b": 1', "a b", r"vocabulary .*vocab.json is not valid JSON: .*line 1"),
+    ('["a", "b"]', "a b", "must be a non-empty JSON object"),
+    ('{"a": 0, "b": true}', "a b", "symbol 'b' has id True"),
+    ('{"a": 0, "b": 0, "ab": 2}', "a b", "gives the same id to two symbols"),
+    ('{"a": 0, "b": 1, "ab": 2}', "#version: 0.2\na b\na b c", r"merges .*merges.txt line 3 is not two symbols"),
+    ('{"a": 0, "b": 1, "ab": 2}', "a b\nb a", r"merges .*merges.txt line 2: the merged symbol 'ba' is not in the vocabulary"),
+])
+def test_malformed_files_name_the_file_and_line(tmp_path, vocab, merges, message):
+    (tmp_path / "vocab.json").write_text(vocab)
+    (tmp_path / "merges.txt").write_text(merges)
+    with pytest.raises(ValueError, match=message):
+        Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")

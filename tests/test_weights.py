@@ -101,7 +101,7 @@ def test_untied_output_head_is_refused(checkpoint):
     tensors = load_file(str(checkpoint / "model.safetensors"))
     tensors["lm_head.weight"] = torch.randn_like(tensors["wte.weight"])
     save_file(tensors, str(checkpoint / "model.safetensors"))
-    with pytest.raises(ValueError, match="lm_head.weight: differs from wte.weight"):
+    with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight"):
         load_gpt2(checkpoint)
 
 
@@ -109,7 +109,7 @@ def test_nan_tensor_is_named(checkpoint):
     tensors = load_file(str(checkpoint / "model.safetensors"))
     tensors["h.1.mlp.c_fc.bias"][3] = float("nan")
     save_file(tensors, str(checkpoint / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.c_fc\.bias holds NaN or inf"):
+    with pytest.raises(ValueError, match=r"tensor h\.1\.mlp\.c_fc\.bias holds NaN or inf"):
         load_gpt2(checkpoint)
 
 
@@ -233,10 +233,10 @@ def test_published_config_reads_as_its_preset():
     ({"n_embd": 770}, "n_embd \\(770\\) must be divisible by n_head \\(12\\)"),
     ({"activation_function": "relu"}, "activation_function='relu' is not supported"),
     ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not supported"),
-    ({"rotary_dim": 64}, "unknown config field\\(s\\) \\['rotary_dim'\\]"),
+    ({"rotary_dim": 64}, "unknown config field\\(s\\) rotary_dim"),
     ({"n_ctx": 512}, "n_ctx \\(512\\) and n_positions \\(1024\\) disagree"),
     ({"attn_pdrop": 0.0}, "one dropout rate"),
-    ({"n_layer": 0}, "n_layer must be a positive integer"),
+    ({"n_layer": 0}, r"n_layer must be in \[1, inf\), got 0"),
 ])
 def test_unknown_or_inconsistent_config_is_a_clear_error(change, message, tmp_path):
     path = tmp_path / "config.json"

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from minigpt.block import gpt2_block
+from minigpt.checks import check_device, check_dtype, check_fits_in_memory, few
 from minigpt.config import GPTConfig
 from minigpt.model import GPT
 
-from .locate import locate
-from .names import ours_to_public, public_to_ours
-from .safetensors_io import SINGLE_FILE, first_non_finite, read_checkpoint, write_file
+from .locate import checkpoint_root, locate
+from .names import check_public, ours_to_public, public_to_ours, wanted
+from .safetensors_io import SINGLE_FILE, confined, list_tensors, read_tensors, write_file
 
 
 def load_gpt2(
@@ -34,25 +35,75 @@ def load_gpt2(
 
     dtype: float32 unless asked (the public weights are float32). make_block: build the blocks
     differently (another attention kernel, say) and load the same weights into them.
+    Everything is checked before the weights are read: the arguments, the config, and the
+    checkpoint's tensor names, dtypes and shapes against the config.
     """
+    dtype = check_dtype(torch.float32 if dtype is None else dtype)
+    device = check_device("cpu" if device is None else device)
+    if not callable(make_block):
+        raise ValueError(f"make_block must be a function GPTConfig -> block, got {type(make_block).__name__}")
     directory = locate(source)
-    config = GPTConfig.from_json(directory / "config.json")
-    tensors, where = read_checkpoint(directory)
+    root = checkpoint_root(directory)
+    config = GPTConfig.from_json(confined(directory / "config.json", root, "config.json"))
+    listing, where = list_tensors(directory, root)
+    check_public(listing, config, where)
+    check_fits_in_memory(config.parameter_count * dtype.itemsize, f"{where} ({config.parameter_count:,} parameters)")
+    tensors = convert(read_tensors(wanted(listing)), dtype, where)
     state = public_to_ours(tensors, config, where)
-    bad = first_non_finite(state)
-    if bad is not None:
-        raise ValueError(f"checkpoint {where}: tensor for {bad} holds NaN or inf")
     with torch.device("meta"):  # no time spent on a random initialisation we would overwrite
         model = GPT(config, make_block)
+    _check_same_parameters(model, state)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype or torch.float32).eval()
+    return model.to(device).eval()
 
 
-def save_gpt2(model: GPT, directory: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors in the hub's public layout; load_gpt2 reads it back bit-exactly."""
+def convert(tensors: dict[str, Tensor], dtype: torch.dtype, where: str) -> dict[str, Tensor]:
+    """Each tensor in `dtype`, checked after the conversion: a weight finite on disk can overflow
+    a narrower type (float32 above 65504 becomes inf in float16), and one inf makes every logit NaN."""
+    converted = {}
+    for name, stored in tensors.items():
+        value = stored.to(dtype)
+        if not bool(torch.isfinite(value).all()):
+            if bool(torch.isfinite(stored).all()):
+                largest = float(stored.abs().max())
+                raise ValueError(f"checkpoint {where}: tensor {name} overflows {dtype}: its largest |value| "
+                                 f"{largest:.4g} exceeds {torch.finfo(dtype).max:.4g}; load it in a wider dtype")
+            raise ValueError(f"checkpoint {where}: tensor {name} holds NaN or inf")
+        converted[name] = value
+    return converted
+
+
+def _check_same_parameters(model: GPT, state: dict[str, Tensor]) -> None:
+    """A block built by a custom make_block must hold GPT-2's parameters, under the same names and
+    shapes, for the weights to load into it."""
+    ours = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    missing, extra = set(ours) - set(state), set(state) - set(ours)
+    misshapen = [f"{k}: the model has {list(ours[k])}, the checkpoint {list(state[k].shape)}"
+                 for k in set(ours) & set(state) if ours[k] != tuple(state[k].shape)]
+    if missing or extra or misshapen:
+        raise ValueError(f"the model built by make_block does not hold GPT-2's parameters: model only: {few(missing)}; "
+                         f"checkpoint only: {few(extra)}; {'; '.join(misshapen[:3]) or 'no shape differs'}")
+
+
+def save_gpt2(model: GPT, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write config.json and model.safetensors in the hub's public layout; load_gpt2 reads it back
+    bit-exactly. An existing checkpoint in `directory` is replaced only with overwrite=True."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"save_gpt2 saves a minigpt GPT, got {type(model).__name__}")
+    if not isinstance(directory, (str, os.PathLike)) or str(directory) == "":
+        raise ValueError(f"save_gpt2 needs a directory path, got {directory!r}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"cannot save into {directory}: it exists and is not a directory")
+    written = [directory / name for name in ("config.json", SINGLE_FILE)]
+    if not overwrite and any(path.exists() for path in written):
+        raise ValueError(f"{directory} already holds a checkpoint; pass overwrite=True to replace it")
     config = model.config
-    (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
-    write_file(ours_to_public(model.state_dict(), config.n_layer, config.n_positions), directory / SINGLE_FILE)
+    public = ours_to_public(model.state_dict(), config.n_layer, config.n_positions)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        written[0].write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+        write_file(public, written[1])
+    except OSError as err:
+        raise ValueError(f"cannot write the checkpoint into {directory}: {err.strerror or err}") from None
     return directory

@@ -23,6 +23,7 @@ ALIASES = {
     "distilgpt2": "distilbert/distilgpt2",
 }
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+COMMIT = re.compile(r"[0-9a-fA-F]{6,64}")
 HUB_HOST = "huggingface.co"
 WANTED_FILES = ["config.json", SINGLE_FILE, "model-*.safetensors", SHARD_INDEX, "vocab.json", "merges.txt"]
 
@@ -37,6 +38,8 @@ def hub_cache_dir() -> Path:
 
 def locate(source: str | os.PathLike) -> Path:
     """A directory holding config.json and the weights, for a path or a hub name."""
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        raise ValueError(f"weights must be a checkpoint directory or a hub name such as 'gpt2', got {source!r}")
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -45,6 +48,15 @@ def locate(source: str | os.PathLike) -> Path:
         kind = "is not a directory" if path.exists() else "does not exist"
         raise ValueError(f"weights path {path} {kind}; give a checkpoint directory or a hub name such as 'gpt2'")
     return find_cached(name) or _download(_names_of(name)[-1], hub_cache_dir())
+
+
+def checkpoint_root(directory: Path) -> Path:
+    """The folder a checkpoint's files must lie in: the directory itself, or for a snapshot in the
+    hub cache the model's cache folder, whose snapshots link to files in its `blobs/`."""
+    snapshots = directory.resolve().parent
+    if snapshots.name == "snapshots" and snapshots.parent.name.startswith("models--"):
+        return snapshots.parent
+    return directory
 
 
 def find_cached(name: str) -> Path | None:
@@ -63,7 +75,10 @@ def _cached_snapshot(cache: Path, repo: str) -> Path | None:
     repo_dir = cache / ("models--" + repo.replace("/", "--"))
     ref = repo_dir / "refs" / "main"
     if ref.is_file():
-        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+        commit = ref.read_text(encoding="utf-8", errors="replace").strip()
+        if not COMMIT.fullmatch(commit):  # a hash names one folder in snapshots/, never a path
+            raise ValueError(f"{ref} holds {commit[:60]!r}, which is not a commit hash; refusing to follow it")
+        snapshot = repo_dir / "snapshots" / commit
         if _complete(snapshot):
             return snapshot
     snapshots = sorted((repo_dir / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -12,7 +12,10 @@ import re
 import torch
 from torch import Tensor
 
+from minigpt.checks import few
 from minigpt.config import GPTConfig
+
+from .safetensors_io import FLOAT_DTYPES, StoredTensor
 
 # (our name, public name, stored as Conv1D [in, out]); {i} is the block index
 GLOBAL_NAMES = [
@@ -37,7 +40,9 @@ BLOCK_NAMES = [
 ]
 # Stored in some files but not weights: the causal-mask buffers of old GPT2Attention (we build
 # the mask from positions) and the output head, which GPT-2 ties to wte.
-NOT_WEIGHTS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
+MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+NOT_WEIGHTS = re.compile(rf"{MASK_BUFFER.pattern}|lm_head\.weight")
+BLOCK_INDEX = re.compile(r"h\.(\d+)\.")
 # transformers' save_pretrained nests the model under this prefix; the hub's original files do not
 TRANSFORMERS_PREFIX = "transformer."
 
@@ -70,27 +75,48 @@ def public_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def public_to_ours(tensors: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
-    """Public (either layout) -> our state dict. Every problem is named in one ValueError."""
-    if any(key.startswith(TRANSFORMERS_PREFIX) for key in tensors):
-        tensors = {key.removeprefix(TRANSFORMERS_PREFIX): value for key, value in tensors.items()}
+def check_public(listing: dict[str, StoredTensor], config: GPTConfig, where: str) -> None:
+    """Compare a checkpoint's headers (names, dtypes, shapes) with its config, before any weight is
+    read. Every problem is named in one ValueError of a few lines."""
+    names = {_unprefixed(name) for name in listing}
+    blocks = {int(m.group(1)) for name in names if (m := BLOCK_INDEX.match(name))}
+    if blocks != set(range(config.n_layer)):  # checked first: n_layer=10**6 must not build a 12-million-row table
+        held = f"blocks h.0 to h.{max(blocks)} ({len(blocks)})" if blocks else "no blocks"
+        raise ValueError(f"checkpoint {where}: its config says n_layer={config.n_layer}, but it holds {held}")
+    stored = {_unprefixed(name): value for name, value in listing.items()}
     expected = public_shapes(config)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(k for k in tensors if k not in expected and not NOT_WEIGHTS.fullmatch(k))
-    misshapen = [
-        f"{k}: expected {list(shape)}, found {list(tensors[k].shape)}"
-        for k, shape in expected.items()
-        if k in tensors and tuple(tensors[k].shape) != shape
-    ]
-    head = tensors.get("lm_head.weight")
-    if head is not None and "wte.weight" in tensors and not torch.equal(head, tensors["wte.weight"]):
+    missing = set(expected) - set(stored)
+    unexpected = {k for k in stored if k not in expected and not NOT_WEIGHTS.fullmatch(k)}
+    misshapen = [f"{k}: expected {list(shape)}, found {list(stored[k].shape)}"
+                 for k, shape in expected.items() if k in stored and stored[k].shape != shape]
+    not_float = [f"{k} is {stored[k].dtype}" for k in expected if k in stored and stored[k].dtype not in FLOAT_DTYPES]
+    if "lm_head.weight" in stored and "wte.weight" in stored and stored["lm_head.weight"].shape != stored["wte.weight"].shape:
         misshapen.append("lm_head.weight: differs from wte.weight, but GPT-2 ties the output head to wte")
-    problems = [f"missing: {', '.join(missing)}"] if missing else []
-    problems += [f"unexpected: {', '.join(unexpected)}"] if unexpected else []
-    problems += [f"misshapen: {'; '.join(misshapen)}"] if misshapen else []
+    problems = [f"missing: {few(missing)}"] if missing else []
+    problems += [f"unexpected: {few(unexpected)}"] if unexpected else []
+    problems += [f"misshapen: {'; '.join(misshapen[:4])}{' ...' if len(misshapen) > 4 else ''}"] if misshapen else []
+    problems += [f"not floating point: {few(not_float)}"] if not_float else []
     if problems:
-        raise ValueError(f"checkpoint {where} does not fit the config ({config}):\n  " + "\n  ".join(problems))
+        raise ValueError(f"checkpoint {where} does not fit its config ({config}):\n  " + "\n  ".join(problems))
+
+
+def public_to_ours(tensors: dict[str, Tensor], config: GPTConfig, where: str) -> dict[str, Tensor]:
+    """Public tensors (either layout, already checked by `check_public`) -> our state dict."""
+    tensors = {_unprefixed(key): value for key, value in tensors.items()}
+    head = tensors.get("lm_head.weight")
+    if head is not None and not torch.equal(head, tensors["wte.weight"]):
+        raise ValueError(f"checkpoint {where}: lm_head.weight differs from wte.weight, but GPT-2 ties the output head to wte")
     return {ours: tensors[public].t().contiguous() if conv1d else tensors[public] for ours, public, conv1d in name_table(config.n_layer)}
+
+
+def wanted(listing: dict[str, StoredTensor]) -> dict[str, StoredTensor]:
+    """The stored tensors worth reading: the weights and a stored output head (to check its tie),
+    not the mask buffers."""
+    return {name: stored for name, stored in listing.items() if not MASK_BUFFER.fullmatch(_unprefixed(name))}
+
+
+def _unprefixed(name: str) -> str:
+    return name.removeprefix(TRANSFORMERS_PREFIX)
 
 
 def ours_to_public(state: dict[str, Tensor], n_layer: int, n_positions: int) -> dict[str, Tensor]:

@@ -1,65 +1,106 @@
 """Reading and writing safetensors files, single or sharded, with errors that name the file.
 
 safetensors stores raw tensors behind a JSON header: nothing is unpickled, so a file from anywhere
-is safe to open.
+is safe to open. Reading is in two steps: `list_tensors` reads only the headers (each tensor's
+name, dtype and shape), so a checkpoint that does not fit its config is refused before a byte of
+weights is read; then `read_tensors` reads the ones wanted.
+
+A checkpoint reads only its own directory (its `root`): a shard name, or a symbolic link, that
+resolves outside it is refused, so a checkpoint cannot make the loader read other files.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from minigpt.checks import check_readable, few
+
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors' names
 
 
-def read_file(path: Path) -> dict[str, Tensor]:
-    """Every tensor of one .safetensors file; a truncated or corrupt file is a ValueError."""
-    if not path.is_file():
-        raise ValueError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            # clone: get_tensor's memory is a read buffer at an arbitrary offset; torch's own
-            # allocations are 64-byte aligned, and CPU BLAS picks its kernels (and so its rounding)
-            # by alignment, so without this the same weights could give logits differing in the
-            # last bit depending on which file they came from
-            return {key: f.get_tensor(key).clone() for key in f.keys()}
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+@dataclass(frozen=True)
+class StoredTensor:
+    file: Path
+    dtype: str  # safetensors' name: "F32", "BF16", "I64", ...
+    shape: tuple[int, ...]
 
 
-def read_checkpoint(directory: Path) -> tuple[dict[str, Tensor], str]:
-    """All tensors of a checkpoint directory, from `model.safetensors` or a sharded index.
-    Returns the tensors and a description of where they came from, for error messages."""
+def confined(path: Path, root: Path, entry: str) -> Path:
+    """`path`, after following links, if it lies inside `root`; otherwise a ValueError naming `entry`."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ValueError(f"{entry} points outside the checkpoint {root} (to {resolved}); refusing to read it")
+    return resolved
+
+
+def list_tensors(directory: Path, root: Path) -> tuple[dict[str, StoredTensor], str]:
+    """Every tensor of a checkpoint (`model.safetensors` or a sharded index), from the headers only.
+    Returns them and a description of where they came from, for error messages."""
     single, index = directory / SINGLE_FILE, directory / SHARD_INDEX
-    if single.is_file():
-        return read_file(single), str(single)
-    if index.is_file():
-        return _read_sharded(index), str(index)
+    if single.exists() or single.is_symlink():
+        return _header(confined(single, root, SINGLE_FILE)), str(single)
+    if index.exists() or index.is_symlink():
+        return _sharded_headers(confined(index, root, SHARD_INDEX), root), str(index)
     raise ValueError(f"no {SINGLE_FILE} or {SHARD_INDEX} in {directory} (only safetensors weights are read)")
 
 
-def _read_sharded(index: Path) -> dict[str, Tensor]:
+def _header(path: Path) -> dict[str, StoredTensor]:
+    check_readable(path, "weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: StoredTensor(path, f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape()))
+                    for key in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}") from None
+
+
+def _sharded_headers(index: Path, root: Path) -> dict[str, StoredTensor]:
+    check_readable(index, "shard index")
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{index} is not a shard index with a 'weight_map': {err!r}") from None
-    tensors: dict[str, Tensor] = {}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{index} is not a shard index with a 'weight_map': {_first_line(err)}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    listing: dict[str, StoredTensor] = {}
     for shard in sorted(set(weight_map.values())):
-        path = index.parent / shard
-        found = read_file(path)
+        if Path(shard).is_absolute():
+            raise ValueError(f"{index.name} entry {shard!r} is an absolute path; shards must lie beside the index")
+        found = _header(confined(index.parent / shard, root, f"{index.name} entry {shard!r}"))
         claimed = {key for key, name in weight_map.items() if name == shard}
         if set(found) != claimed:
             raise ValueError(
-                f"{path} does not hold what {index.name} says: missing {sorted(claimed - set(found))}, "
-                f"extra {sorted(set(found) - claimed)}"
+                f"{shard} does not hold what {index.name} says: missing {few(claimed - set(found))}, "
+                f"extra {few(set(found) - claimed)}"
             )
-        tensors |= found
+        listing |= found
+    return listing
+
+
+def read_tensors(listing: dict[str, StoredTensor]) -> dict[str, Tensor]:
+    """The listed tensors, read file by file."""
+    by_file: dict[Path, list[str]] = {}
+    for name, stored in listing.items():
+        by_file.setdefault(stored.file, []).append(name)
+    tensors = {}
+    for path, names in by_file.items():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                # clone: get_tensor's memory is a read buffer at an arbitrary offset; torch's own
+                # allocations are 64-byte aligned, and CPU BLAS picks its kernels (and so its
+                # rounding) by alignment, so without this the same weights could give logits
+                # differing in the last bit depending on which file they came from
+                tensors |= {name: f.get_tensor(name).clone() for name in names}
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}") from None
     return tensors
 
 
@@ -68,9 +109,6 @@ def write_file(tensors: dict[str, Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
-def first_non_finite(tensors: dict[str, Tensor]) -> str | None:
-    """The first key whose tensor holds NaN or inf, or None."""
-    for key, value in tensors.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return key
-    return None
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
