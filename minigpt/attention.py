@@ -65,6 +65,6 @@ class CausalSelfAttention(nn.Module):
             k, v = kv(k, v)
         out, pattern = self.attend(q, k, v, allowed, self.dropout if self.training else 0.0)
         if head_scale is not None:
-            out = out * rearrange(head_scale.to(out.dtype), "h -> 1 h 1 1")
+            out = out * rearrange(head_scale.to(out), "h -> 1 h 1 1")  # to the output's device and dtype
         out = rearrange(out, "b h t d -> b t (h d)")
         return self.resid_dropout(self.c_proj(out)), pattern

@@ -62,6 +62,8 @@ class GPTConfig:
     @classmethod
     def preset(cls, name: str) -> GPTConfig:
         """The shape of a published checkpoint (`gpt2`, `gpt2-medium`, ...) or `tiny` for tests."""
+        if not isinstance(name, str):
+            raise ValueError(f"a preset is named by a string such as 'gpt2', got {type(name).__name__}")
         short = name.removeprefix("openai-community/").removeprefix("distilbert/")
         if short not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
@@ -86,6 +88,8 @@ class GPTConfig:
     @classmethod
     def from_hf_dict(cls, fields: dict[str, Any]) -> GPTConfig:
         """Build from the keys transformers writes for GPT-2; refuse what would change the model."""
+        if not isinstance(fields, dict):
+            raise ValueError(f"a GPT-2 config is a dict of config.json's keys, got {type(fields).__name__}")
         unknown = sorted(set(fields) - set(_USED) - set(_MUST_EQUAL) - _IGNORED)
         if unknown:
             raise ValueError(f"unknown config field(s) {few(unknown)}: minigpt does not know what they change")

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .checks import check_fits_in_memory, check_int
+from .checks import check_device, check_dtype, check_fits_in_memory, check_int
 
 
 class KVCache:
@@ -35,8 +35,10 @@ class KVCache:
         for name, value in (("n_layer", n_layer), ("batch", batch), ("n_head", n_head), ("head_dim", head_dim),
                             ("max_length", max_length)):
             check_int(name, value, low=1)
+        dtype = check_dtype(dtype)
+        device = check_device("cpu" if device is None else device)
         shape = (n_layer, batch, n_head, max_length, head_dim)
-        element = torch.empty(0, dtype=dtype).element_size()
+        element = dtype.itemsize
         check_fits_in_memory(2 * math.prod(shape) * element, f"a KV cache of {batch} rows x {max_length} positions", device)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)

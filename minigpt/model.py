@@ -83,7 +83,7 @@ class GPT(nn.Module):
         record: bool,
     ) -> Trace:
         past = cache.length if isinstance(cache, KVCache) else 0
-        seen = self._check_inputs(input_ids, attention_mask, cache, head_mask, past)
+        seen = self._check_inputs(input_ids, attention_mask, cache, head_mask, past, only_last)
         b, t = input_ids.shape
         device = input_ids.device
 
@@ -128,10 +128,13 @@ class GPT(nn.Module):
         cache: KVCache | None,
         head_mask: Tensor | None,
         past: int,
+        only_last: bool,
     ) -> Tensor | None:
         """Check every argument; returns the attention mask as bool, or None."""
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
+        if not isinstance(only_last, bool):
+            raise ValueError(f"only_last must be True or False, got {only_last!r:.40}")
         if input_ids.device != self.device:
             raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.device}; move one of them")
         b, t = input_ids.shape

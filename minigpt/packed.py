@@ -24,6 +24,8 @@ from .model import GPT
 def pack_for_cpu(model: GPT) -> GPT:
     """Swap every nn.Linear for a PackedLinear and the token embedding for a PackedTokenEmbedding,
     in place; the model is put in eval mode with its parameters frozen. Returns the model."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"pack_for_cpu packs a minigpt GPT, got {type(model).__name__}")
     if not torch.backends.mkldnn.is_available():
         raise ValueError("pack_for_cpu needs oneDNN, and this PyTorch build has none; use the model unpacked")
     if model.device.type != "cpu" or model.dtype != torch.float32:

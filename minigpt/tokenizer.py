@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import os
 from collections import OrderedDict
 from functools import lru_cache
 from importlib import resources
@@ -86,6 +87,9 @@ class Tokenizer:
     @classmethod
     def from_files(cls, vocab: str | Path, merges: str | Path) -> Tokenizer:
         """A checkpoint's `vocab.json` + `merges.txt`, or OpenAI's `encoder.json` + `vocab.bpe`."""
+        for path in (vocab, merges):
+            if not isinstance(path, (str, os.PathLike)):
+                raise ValueError(f"from_files takes two file paths, got {type(path).__name__}")
         vocab, merges = Path(vocab), Path(merges)
         texts = []
         for path in (vocab, merges):

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigpt import GPT, GPTConfig, KVCache
+from minigpt import GPT, GPTConfig, KVCache, pack_for_cpu
 
 TINY = GPTConfig.preset("tiny")  # 2 layers, 2 heads, 32 wide, vocabulary 101, context 64
 
@@ -53,6 +53,13 @@ IDS = torch.tensor([[1, 2, 3]])
     (lambda m: GPT(TINY, make_block="block"), "make_block must be a function"),
     (lambda m: GPT({"n_layer": 2}), "GPT needs a GPTConfig, got dict"),
     (lambda m: GPT(GPTConfig(n_layer=10**6)), r"GPT\(.* parameters\) needs .* GiB, more than this machine"),
+    (lambda m: m(IDS, only_last="yes"), "only_last must be True or False"),
+    (lambda m: KVCache(1, 1, 1, 1, 1, dtype=torch.int8), "dtype must be one of torch's float32"),
+    (lambda m: KVCache(1, 1, 1, 1, 1, device="banana"), "device 'banana' is not a device name"),
+    (lambda m: pack_for_cpu(m.blocks[0]), "pack_for_cpu packs a minigpt GPT, got TransformerBlock"),
+    (lambda m: GPTConfig.preset(2), "a preset is named by a string"),
+    (lambda m: GPTConfig.preset("gpt5"), "unknown preset 'gpt5'; known: gpt2, gpt2-medium"),
+    (lambda m: GPTConfig.from_hf_dict(["n_layer"]), "a GPT-2 config is a dict"),
 ])
 def test_bad_input_is_named(model, call, message):
     with pytest.raises(ValueError, match=message):
