@@ -25,7 +25,8 @@ from torch import Tensor
 
 from minigpt.checks import check_fits_in_memory, check_float, check_int
 
-from .generation import ALTERNATIVES, LENGTH_PENALTY_RANGE, Generation, check_options, check_prompt, summarize
+from .generation import (ALTERNATIVES, LENGTH_PENALTY_RANGE, Generation, check_options, check_prompt,
+                         check_record_options, summarize)
 from .processors import chain
 
 IMPOSSIBLE = -1.0e9  # transformers' stand-in for log 0: finite, so sums with it stay ordered
@@ -61,14 +62,17 @@ def beam_search(
     min_new_tokens: int = 0,
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
+    alternatives: int = ALTERNATIVES,
+    keep_logprobs: bool = False,
 ) -> Generation:
     """The num_return_sequences best sequences per prompt, best first: rows (b r) of the result.
 
     Equals `transformers` `generate(num_beams=..., do_sample=False)` with the same options,
     `sequence_scores` its `sequences_scores`. length_penalty > 0 favours longer sequences,
-    < 0 shorter ones; 0 ranks by plain log-probability.
+    < 0 shorter ones; 0 ranks by plain log-probability. alternatives and keep_logprobs: as in greedy.
     """
     prompt_real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    check_record_options(model, alternatives, keep_logprobs)
     v = model.config.vocab_size
     check_int("num_beams", num_beams, 1, v)  # more beams than tokens: the first step cannot fill them
     if v < 2:
@@ -97,14 +101,14 @@ def beam_search(
         tokens = torch.full((b, k, total), pad, dtype=torch.long, device=device)
         tokens[:, :, :prompt_length] = input_ids[:, None, :]
         per_step = torch.zeros(b, k, max_new_tokens, device=device)
-        per_alternative = torch.zeros(b, k, max_new_tokens, ALTERNATIVES, device=device)
+        per_alternative = torch.zeros(b, k, max_new_tokens, alternatives, device=device)
         return {
             "tokens": tokens, "score": torch.full((b, k), score, device=device),
             "done": torch.zeros(b, k, dtype=torch.bool, device=device),
             "length": torch.zeros(b, k, dtype=torch.long, device=device),
             "step_score": per_step, "step_logprob": per_step.clone(), "entropy": per_step.clone(),
             "alternatives": per_alternative.long(), "alternative_probs": per_alternative.clone(),
-        }
+        } | ({"step_logprobs": torch.zeros(b, k, max_new_tokens, v, device=device)} if keep_logprobs else {})
 
     running, finished = fresh(0.0), fresh(IMPOSSIBLE)
     running["score"][:, 1:] = IMPOSSIBLE  # the k beams start as copies of one: only beam 0 is live
@@ -134,8 +138,11 @@ def beam_search(
         cand["length"] = torch.full_like(token, step + 1)
         cand["step_score"][:, :, step] = processed.view(b, k * v).gather(1, flat)
         cand["step_logprob"][:, :, step] = logprobs.view(b, k * v).gather(1, flat)
-        entropy, alt_ids, alt_probs = summarize(processed.log_softmax(dim=-1))
+        processed_logprobs = processed.log_softmax(dim=-1)
+        entropy, alt_ids, alt_probs = summarize(processed_logprobs, alternatives)
         cand["entropy"][:, :, step] = entropy.view(b, k).gather(1, parent)
+        if keep_logprobs:
+            cand["step_logprobs"][:, :, step] = torch.take_along_dim(processed_logprobs.view(b, k, v), parent[..., None], dim=1)
         cand["alternatives"][:, :, step] = torch.take_along_dim(alt_ids.view(b, k, -1), parent[..., None], dim=1)
         cand["alternative_probs"][:, :, step] = torch.take_along_dim(alt_probs.view(b, k, -1), parent[..., None], dim=1)
 
@@ -194,4 +201,5 @@ def beam_search(
         alternatives=flat("alternatives")[:, :width],
         alternative_probs=flat("alternative_probs")[:, :width],
         sequence_scores=flat("score"),
+        step_logprobs=flat("step_logprobs")[:, :width] if keep_logprobs else None,
     )

@@ -26,9 +26,12 @@ class Generation:
     scores: Tensor  # (n, new): processed log-probability of each chosen token; 0 once a row finished
     token_logprobs: Tensor  # (n, new): the model's own (unprocessed) log-probability of each chosen token
     entropy: Tensor  # (n, new): entropy in nats of the processed distribution the token was chosen from
-    alternatives: Tensor  # (n, new, a): the a most likely tokens of that distribution
-    alternative_probs: Tensor  # (n, new, a): and their probabilities
+    alternatives: Tensor  # (n, new, a): the a most likely tokens of that distribution; -1 where fewer remained
+    alternative_probs: Tensor  # (n, new, a): and their probabilities (0 where the id is -1)
     sequence_scores: Tensor | None = None  # (n,) beam search: sum(scores) / new_length ** length_penalty
+    # (n, new, v) with keep_logprobs=True: the whole processed log-probability row of each step, the
+    # distribution the token was chosen from (P(EOS) per step, sums to 1, without a second pass)
+    step_logprobs: Tensor | None = None
 
     @property
     def new_tokens(self) -> Tensor:
@@ -51,18 +54,27 @@ class Generation:
             alts = "  ".join(
                 f"{show(int(i))} {float(p):.3g}"
                 for i, p in zip(self.alternatives[row, step], self.alternative_probs[row, step])
+                if i >= 0  # -1: a processor removed every other token
             )
             lines.append(f"{step:>4}  {show(chosen):<16} {float(self.entropy[row, step]):>7.3f}  {alts}")
         return "\n".join(lines)
 
 
 def summarize(logprobs: Tensor, k: int = ALTERNATIVES) -> tuple[Tensor, Tensor, Tensor]:
-    """(rows v) log-probabilities -> entropy (rows), top-k ids (rows k), their probabilities (rows k)."""
+    """(rows v) log-probabilities -> entropy (rows), top-k ids (rows k), their probabilities (rows k).
+    A token a processor removed (log p = -inf) is never listed: its id is -1."""
     probs = logprobs.exp()
     # a removed token has p = 0 and log p = -inf; clamping makes its term 0 * (finite) = 0, not NaN
     entropy = -(probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(dim=-1)
-    top = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
-    return entropy, top.indices, top.values.exp()
+    top = torch.topk(logprobs, k, dim=-1)
+    removed = top.values == float("-inf")
+    return entropy, top.indices.masked_fill(removed, -1), top.values.exp()
+
+
+def check_record_options(model, alternatives: int, keep_logprobs: bool) -> None:
+    check_int("alternatives", alternatives, 0, model.config.vocab_size)
+    if not isinstance(keep_logprobs, bool):
+        raise ValueError(f"keep_logprobs must be True or False, got {keep_logprobs!r:.40}")
 
 
 # A temperature or repetition penalty multiplies or divides the logits. Logits of a real model are

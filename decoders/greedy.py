@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from .generation import Generation, check_options
+from .generation import ALTERNATIVES, Generation, check_options
 from .processors import chain
 from .token_loop import token_loop
 
@@ -23,13 +23,16 @@ def greedy(
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
     on_token: Callable[[Tensor], None] | None = None,
+    alternatives: int = ALTERNATIVES,
+    keep_logprobs: bool = False,
 ) -> Generation:
     """Extend each prompt row (b t) by up to max_new_tokens argmax tokens.
 
     Equals `transformers` `generate(do_sample=False, num_beams=1)` with the same options. A row
     stops at eos_token_id (or at any of a list of them) and is then padded with pad_token_id
     (default: the first EOS id); decoding stops when every row has stopped. Prompts of different lengths are left-padded, with
-    attention_mask marking the real tokens.
+    attention_mask marking the real tokens. Each step remembers its `alternatives` likeliest
+    tokens, and with keep_logprobs=True its whole log-probability row (`Generation.step_logprobs`).
     """
     eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
                              no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
@@ -37,4 +40,5 @@ def greedy(
                        min_new_tokens=min_new_tokens, eos_ids=eos)
     return token_loop(model, input_ids, choose=lambda logits: logits.argmax(dim=-1), processors=processors,
                       max_new_tokens=max_new_tokens, attention_mask=attention_mask, eos_ids=eos,
-                      pad_token_id=pad, on_token=on_token)
+                      pad_token_id=pad, on_token=on_token, alternatives=alternatives,
+                      keep_logprobs=keep_logprobs)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from minigpt.checks import check_float, check_int
 
-from .generation import SCALE_RANGE, Generation, check_options
+from .generation import ALTERNATIVES, SCALE_RANGE, Generation, check_options
 from .processors import chain
 from .token_loop import token_loop
 
@@ -30,6 +30,8 @@ def sample(
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
     on_token: Callable[[Tensor], None] | None = None,
+    alternatives: int = ALTERNATIVES,
+    keep_logprobs: bool = False,
 ) -> Generation:
     """Extend each prompt row by up to max_new_tokens sampled tokens.
 
@@ -62,4 +64,5 @@ def sample(
         return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)[:, 0]
 
     return token_loop(model, input_ids, choose=draw, processors=processors, max_new_tokens=max_new_tokens,
-                      attention_mask=attention_mask, eos_ids=eos, pad_token_id=pad, on_token=on_token)
+                      attention_mask=attention_mask, eos_ids=eos, pad_token_id=pad, on_token=on_token,
+                      alternatives=alternatives, keep_logprobs=keep_logprobs)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .generation import Generation, check_callback, check_prompt, summarize
+from .generation import ALTERNATIVES, Generation, check_callback, check_prompt, check_record_options, summarize
 from .processors import Processor
 
 
@@ -28,15 +28,20 @@ def token_loop(
     eos_ids: tuple[int, ...],
     pad_token_id: int,
     on_token: Callable[[Tensor], None] | None = None,
+    alternatives: int = ALTERNATIVES,
+    keep_logprobs: bool = False,
 ) -> Generation:
-    """choose: processed logits (b v) -> token ids (b). on_token: sees each step's tokens (b), for streaming."""
+    """choose: processed logits (b v) -> token ids (b). on_token: sees each step's tokens (b), for
+    streaming. alternatives: how many of the likeliest tokens each step remembers. keep_logprobs:
+    also keep each step's whole processed log-probability row (b v)."""
     real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
     check_callback("on_token", on_token)
+    check_record_options(model, alternatives, keep_logprobs)
     eos = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
     b, prompt_length = input_ids.shape
     tokens = input_ids
     finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-    records: list[tuple[Tensor, ...]] = []
+    steps: list[dict[str, Tensor]] = []  # what each step records, by Generation's field names
     if max_new_tokens:
         cache = model.new_cache(b, prompt_length + max_new_tokens)
         logits = model(input_ids, attention_mask=real, cache=cache, only_last=True)[:, -1]  # prefill
@@ -48,9 +53,13 @@ def token_loop(
             chosen = chosen.masked_fill(finished, pad_token_id)
         processed_logprobs = processed.log_softmax(dim=-1)
         logprobs = processed_logprobs if processed is logits else logits.log_softmax(dim=-1)  # no processor: the same
-        score = processed_logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0)
-        logprob = logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0)
-        records.append((score, logprob, ~finished, *summarize(processed_logprobs)))
+        entropy, alternative_ids, alternative_probs = summarize(processed_logprobs, alternatives)
+        steps.append({
+            "scores": processed_logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0),
+            "token_logprobs": logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0),
+            "alive": ~finished, "entropy": entropy,
+            "alternatives": alternative_ids, "alternative_probs": alternative_probs,
+        } | ({"step_logprobs": processed_logprobs} if keep_logprobs else {}))
         tokens = torch.cat([tokens, chosen[:, None]], dim=1)
         real = torch.cat([real, torch.ones_like(chosen[:, None], dtype=torch.bool)], dim=1)
         if on_token is not None:
@@ -61,16 +70,21 @@ def token_loop(
                 break
         if step + 1 < max_new_tokens:
             logits = model(chosen[:, None], cache=cache, only_last=True)[:, -1]
-    return _assemble(tokens, prompt_length, real, records)
+    return _assemble(tokens, prompt_length, real, steps, alternatives, keep_logprobs, model.config.vocab_size)
 
 
-def _assemble(tokens: Tensor, prompt_length: int, real: Tensor, records: list[tuple[Tensor, ...]]) -> Generation:
-    b = tokens.shape[0]
-    if not records:  # max_new_tokens=0: the prompt alone
-        per_step = torch.zeros(b, 0, device=tokens.device)
-        per_alternative = torch.zeros(b, 0, 0, device=tokens.device)
-        return Generation(tokens, prompt_length, real.long(), per_step, per_step, per_step,
-                          per_alternative.long(), per_alternative)
-    score, logprob, alive, entropy, alt_ids, alt_probs = (torch.stack(column, dim=1) for column in zip(*records))
+def _assemble(tokens: Tensor, prompt_length: int, real: Tensor, steps: list[dict[str, Tensor]],
+              alternatives: int, keep_logprobs: bool, vocab_size: int) -> Generation:
+    """Stack the steps' records into a Generation: (b) per step -> (b new), (b a) -> (b new a)."""
+    if not steps:  # max_new_tokens=0: the prompt alone
+        b, device = tokens.shape[0], tokens.device
+        empty = {"scores": torch.zeros(b, 0, device=device), "alive": torch.zeros(b, 0, dtype=torch.bool, device=device),
+                 "alternatives": torch.zeros(b, 0, alternatives, dtype=torch.long, device=device),
+                 "alternative_probs": torch.zeros(b, 0, alternatives, device=device)}
+        empty |= {"token_logprobs": empty["scores"], "entropy": empty["scores"]}
+        steps_stacked = empty | ({"step_logprobs": torch.zeros(b, 0, vocab_size, device=device)} if keep_logprobs else {})
+    else:
+        steps_stacked = {name: torch.stack([step[name] for step in steps], dim=1) for name in steps[0]}
+    alive = steps_stacked.pop("alive")
     mask = torch.cat([real[:, :prompt_length], alive], dim=1).long()
-    return Generation(tokens, prompt_length, mask, score, logprob, entropy, alt_ids, alt_probs)
+    return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=mask, **steps_stacked)

@@ -3,6 +3,7 @@
 Data flow: Tokenizer (text -> ids) -> GPT (ids -> logits) -> decoders (logits -> ids) -> text.
 """
 
+from . import analysis
 from .attention import AttendFn, CausalSelfAttention, explicit_attention, fused_attention
 from .block import TransformerBlock, gpt2_block
 from .config import GPTConfig
@@ -16,5 +17,5 @@ from .tokenizer import Tokenizer
 __all__ = [
     "AttendFn", "CausalSelfAttention", "explicit_attention", "fused_attention",
     "TransformerBlock", "gpt2_block", "GPTConfig", "KVCache", "MLP", "gelu_new",
-    "GPT", "Trace", "Tokenizer", "TokenEmbedding", "PackedLinear", "PackedTokenEmbedding", "pack_for_cpu",
+    "GPT", "Trace", "analysis", "Tokenizer", "TokenEmbedding", "PackedLinear", "PackedTokenEmbedding", "pack_for_cpu",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -42,6 +43,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, attend: AttendFn = explicit_attention):
         super().__init__()
         self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.heads = list(range(n_head))  # the original index of each head kept (all, until `prune`)
         self.attend = attend
         self.dropout = dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # x -> q, k, v for all heads at once
@@ -58,13 +61,44 @@ class CausalSelfAttention(nn.Module):
         """x (b t (h d)) -> (b t (h d)), and the attention pattern (b h t s) when the kernel forms one.
 
         kv: stores this call's keys and values in a cache and returns all of them (b h s d).
-        head_scale: (h,) multiplies each head's output, so a head can be zeroed or weakened.
+        head_scale: (h,) multiplies each head's output, so a head can be zeroed or weakened; it has
+        one entry per original head, so after pruning it still reads by the original numbering.
         """
         q, k, v = rearrange(self.c_attn(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
         if kv is not None:
             k, v = kv(k, v)
         out, pattern = self.attend(q, k, v, allowed, self.dropout if self.training else 0.0)
         if head_scale is not None:
-            out = out * rearrange(head_scale.to(out), "h -> 1 h 1 1")  # to the output's device and dtype
+            kept = head_scale.to(out)[self.heads]  # to the output's device and dtype; pruned heads dropped
+            out = out * rearrange(kept, "h -> 1 h 1 1")
         out = rearrange(out, "b h t d -> b t (h d)")
         return self.resid_dropout(self.c_proj(out)), pattern
+
+    def prune(self, drop: list[int]) -> None:
+        """Remove heads for good (Michel et al. 2019): the rows of c_attn that compute their q, k
+        and v, and the columns of c_proj that read their output. Heads are named by their original
+        index. The result equals zeroing those heads in head_mask, with fewer parameters."""
+        keep = [i for i, head in enumerate(self.heads) if head not in drop]
+        d = self.head_dim
+        # c_attn's output is (three h d): q of every head, then k, then v; keep each kept head's d rows of all three
+        rows = [part * len(self.heads) * d + i * d + j for part in range(3) for i in keep for j in range(d)]
+        columns = [i * d + j for i in keep for j in range(d)]  # c_proj's input is (h d)
+        self.c_attn = _linear_part(self.c_attn, rows=rows)
+        self.c_proj = _linear_part(self.c_proj, columns=columns)
+        self.heads = [self.heads[i] for i in keep]
+        self.n_head = len(keep)
+
+
+def _linear_part(linear: nn.Linear, rows: list[int] | None = None, columns: list[int] | None = None) -> nn.Linear:
+    """A new nn.Linear holding the given output rows and input columns of `linear`'s weight."""
+    weight = linear.weight.detach()
+    weight = weight[rows] if rows is not None else weight
+    weight = weight[:, columns] if columns is not None else weight
+    part = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None,
+                     device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        part.weight.copy_(weight)
+        if linear.bias is not None:
+            part.bias.copy_(linear.bias[rows] if rows is not None else linear.bias)
+    part.requires_grad_(linear.weight.requires_grad)
+    return part

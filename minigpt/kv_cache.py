@@ -71,10 +71,11 @@ class KVCache:
         return partial(self._write, layer)
 
     def _write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        end = self.length + k.shape[2]
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (b h s d), s = end
+        # A layer with pruned heads writes fewer than n_head: it uses the first h slots.
+        h, end = k.shape[1], self.length + k.shape[2]
+        self.keys[layer, :, :h, self.length : end] = k
+        self.values[layer, :, :h, self.length : end] = v
+        return self.keys[layer, :, :h, :end], self.values[layer, :, :h, :end]  # (b h s d), s = end
 
     def check_room(self, new: int) -> None:
         if self.length + new > self.max_length:

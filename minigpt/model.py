@@ -28,8 +28,11 @@ class Trace:
     """What a learner looks at: the logits, the residual stream after each stage, the attention."""
 
     logits: Tensor  # (b t v)
-    hidden_states: list[Tensor]  # n_layer + 1 of (b t d): the embeddings, then each block's output
-    attentions: list[Tensor]  # n_layer of (b h t s)
+    # n_layer + 1 of (b t d): the embeddings, then each block's output. The last is *before* the
+    # final LayerNorm; `after_ln_f` is the same state after it (transformers' last hidden state).
+    hidden_states: list[Tensor]
+    attentions: list[Tensor]  # n_layer of (b h t s); h is that layer's head count (fewer if pruned)
+    after_ln_f: Tensor  # (b t d): ln_f(hidden_states[-1]), the input of the tied output head
 
 
 class GPT(nn.Module):
@@ -70,7 +73,8 @@ class GPT(nn.Module):
         return self._run(input_ids, attention_mask, cache, head_mask, only_last, record=False).logits
 
     def trace(self, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Trace:
-        """The forward pass with every hidden state and attention pattern kept (no cache)."""
+        """The forward pass with every hidden state and attention pattern kept (no cache). The last
+        hidden state is before the final LayerNorm; `Trace.after_ln_f` is the one after it."""
         return self._run(input_ids, attention_mask, None, head_mask, only_last=False, record=True)
 
     def _run(
@@ -119,7 +123,7 @@ class GPT(nn.Module):
             cache.advance(seen[:, past:])
 
         x = self.ln_f(x[:, -1:] if only_last else x)
-        return Trace(self.wte.unembed(x), hidden_states, attentions)  # the head is tied to wte
+        return Trace(self.wte.unembed(x), hidden_states, attentions, x)  # the head is tied to wte
 
     def _check_inputs(
         self,

@@ -140,18 +140,18 @@ def checkpoint_from(args: argparse.Namespace) -> tuple[Path, str]:
 
 # ---- the prompt and the decoders ----------------------------------------------------------------
 
-def prompt_ids(tokenizer: Tokenizer, prompt: str, model: GPT) -> torch.Tensor:
-    """--prompt as a (1 t) tensor of ids on the model's device, or an error naming --prompt."""
-    if not prompt:
-        raise ValueError("--prompt is empty: give some text to continue")
+def prompt_ids(tokenizer: Tokenizer, text: str, model: GPT, flag: str = "--prompt") -> torch.Tensor:
+    """The text of option `flag` as a (1 t) tensor of ids on the model's device, or an error naming it."""
+    if not text:
+        raise ValueError(f"{flag} is empty: give some text")
     try:
-        prompt.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:  # the shell passed bytes that are not UTF-8 (Python keeps them as surrogates)
-        raise ValueError("--prompt is not valid UTF-8 text") from None
-    ids = tokenizer.encode(prompt)
+        raise ValueError(f"{flag} is not valid UTF-8 text") from None
+    ids = tokenizer.encode(text)
     vocab = model.config.vocab_size
     if max(ids) >= vocab:
-        raise ValueError(f"--prompt holds token id {max(ids)}, outside this checkpoint's vocabulary of {vocab} "
+        raise ValueError(f"{flag} holds token id {max(ids)}, outside this checkpoint's vocabulary of {vocab} "
                          "tokens (its tokenizer is not GPT-2's)")
     return torch.tensor([ids], device=model.device)
 
@@ -202,3 +202,45 @@ def shared_options(args: argparse.Namespace, eos: int | list[int] | None) -> dic
 
 def early_stopping(value: str) -> bool | str:
     return {"true": True, "false": False, "never": "never"}[value]
+
+
+# ---- the analysis scripts --------------------------------------------------------------------
+
+# The opening of "A Tale of Two Cities" (Dickens, 1859; public domain): the default text to look at.
+SAMPLE_TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+    "it was the season of Darkness, it was the spring of hope, it was the winter of despair, we had "
+    "everything before us, we had nothing before us, we were all going direct to Heaven, we were all going "
+    "direct the other way."
+)
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out-dir", default=".", help="where the PNG files go (created if needed)")
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    directory = Path(args.out_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out-dir {directory}: {err.strerror or err}") from None
+    return directory
+
+
+def progress(items: list, label: str):
+    """Yield the items, drawing `label [#####.....] 5/10` on stderr as each one finishes."""
+    total = len(items)
+    sys.stdout.flush()  # what was printed before comes before the bar
+    for done, item in enumerate(items, start=1):
+        yield item
+        filled = round(20 * done / total)
+        print(f"\r{label} [{'#' * filled}{'.' * (20 - filled)}] {done}/{total}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Rows of cells, right-aligned in columns under the header."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])

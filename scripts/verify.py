@@ -69,8 +69,7 @@ def main(args: argparse.Namespace) -> int:
     ref_states = list(reference.hidden_states)
     for layer, (mine, ref) in enumerate(zip(trace.hidden_states, ref_states)):
         if layer == c.n_layer:  # transformers' last hidden state has the final LayerNorm applied
-            with torch.no_grad():
-                mine = ours.ln_f(mine)
+            mine = trace.after_ln_f
         name = "embeddings" if layer == 0 else f"block {layer}" + (" + ln_f" if layer == c.n_layer else "")
         rows.append((f"hidden state: {name}", (mine.float() - ref.float()).abs().max().item()))
     rows.append(("logits", (trace.logits.float() - reference.logits.float()).abs().max().item()))

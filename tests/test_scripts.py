@@ -34,13 +34,13 @@ def small_vocabulary(tmp_path_factory):
     return directory
 
 
-def launch(script: str, *args: str | bytes) -> subprocess.CompletedProcess:
+def launch(script: str, *args: str | bytes, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, timeout=300,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HUB_CACHE": "/nonexistent"})
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HUB_CACHE": "/nonexistent"} | (env or {}))
 
 
-def run(script: str, *args: str) -> str:
-    done = launch(script, *args)
+def run(script: str, *args: str, env: dict | None = None) -> str:
+    done = launch(script, *args, env=env)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
 
@@ -80,7 +80,7 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--dtype", "banana"], "argument --dtype: invalid choice: 'banana'"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be an integer >= 1"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--max-new-tokens", "2.5"], "argument --max-new-tokens: invalid integer value"),
-    ("generate.py", [W, "{ckpt}", "--prompt", ""], "--prompt is empty"),
+    ("generate.py", [W, "{ckpt}", "--prompt", ""], "--prompt is empty: give some text"),
     ("generate.py", [W, "{ckpt}", "--prompt", b"caf\xe9"], "--prompt is not valid UTF-8 text"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--decoder", "beam", "--num-beams", "0"], "--num-beams must be in [1, 50257]"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--decoder", "sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
@@ -104,6 +104,13 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("bench.py", ["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     ("bench.py", ["--preset", "tiny", "--new-tokens", "100"], "must fit the tiny context of 64 positions"),
     ("bench.py", ["--device", "banana"], "--device: device 'banana' is not a device name"),
+    ("attention.py", [W, "{ckpt}", "--text", ""], "--text is empty"),
+    ("attention.py", [W, "{ckpt}", "--text", "word " * 200], "--text is 201 tokens, more than the model's context of 128"),
+    ("attention.py", [W, "{ckpt}", "--pack", "--out-dir", "/proc/forbidden"], "--out-dir /proc/forbidden"),
+    ("heads.py", [W, "{ckpt}", "--text-file", "/nonexistent.txt"], "--text-file /nonexistent.txt: No such file"),
+    ("heads.py", [W, "{ckpt}", "--fraction", "0"], "--fraction must be in (0, 1], got 0.0"),
+    ("heads.py", [W, "{ckpt}", "--rounds", "0"], "argument --rounds: must be an integer >= 1"),
+    ("heads.py", [W, "{ckpt}", "--pack"], "packed weights are for inference"),
 ]
 if not torch.cuda.is_available():
     BAD_ARGUMENTS.append(("generate.py", [W, "{ckpt}", "--prompt", "hi", "--device", "cuda"], "CUDA is not available"))
@@ -119,3 +126,39 @@ def test_a_user_error_is_one_error_line_and_exit_status_2(checkpoint, small_voca
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], err
     assert err.splitlines()[-1] == errors[0]  # nothing after it
+
+
+@pytest.fixture(scope="module")
+def four_heads(tmp_path_factory):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=16, vocab_size=50257, n_positions=64))
+    return save_gpt2(model, tmp_path_factory.mktemp("four-heads"))
+
+
+def test_attention_prints_the_entropy_table_and_writes_two_pictures(four_heads, tmp_path):
+    out = run("attention.py", "--weights", str(four_heads), "--text", "The cat sat on the mat.", "--out-dir", str(tmp_path))
+    assert "attention entropy (nats)" in out and "layer    h0    h1    h2    h3" in out
+    for name in ("attention_maps.png", "attention_entropy.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / name).stat().st_size > 5000
+
+
+def test_heads_prunes_round_by_round_and_writes_two_pictures(four_heads, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    out = run("heads.py", "--weights", str(four_heads), "--text-file", str(text), "--rounds", "3", "--block", "40",
+              "--out-dir", str(tmp_path))
+    assert "head importance" in out
+    rows = [cells for cells in map(str.split, out.splitlines()) if len(cells) == 4 and cells[1].endswith("%")]
+    assert [row[0] for row in rows] == ["0", "1", "2", "3"]  # 10% of 8 heads: one a round
+    for name in ("head_importance.png", "pruning_loss.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / name).stat().st_size > 5000
+
+
+def test_without_matplotlib_the_scripts_print_tables_and_say_how_to_get_pictures(four_heads, tmp_path):
+    blocker = tmp_path / "no-matplotlib" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('matplotlib is not installed')\n")
+    env = {"PYTHONPATH": str(blocker.parent)}
+    out = run("attention.py", "--weights", str(four_heads), "--out-dir", str(tmp_path), env=env)
+    assert "attention entropy (nats)" in out and 'pip install -e ".[plot]"' in out
+    assert not list(tmp_path.glob("*.png"))

@@ -99,6 +99,11 @@ def save_gpt2(model: GPT, directory: str | os.PathLike, *, overwrite: bool = Fal
     if not overwrite and any(path.exists() for path in written):
         raise ValueError(f"{directory} already holds a checkpoint; pass overwrite=True to replace it")
     config = model.config
+    pruned = [i for i, block in enumerate(model.blocks) if getattr(getattr(block, "attn", None), "n_head", config.n_head)
+              != config.n_head]
+    if pruned:  # the public layout has one head count for every layer
+        raise ValueError(f"cannot save a model with pruned heads (layers {pruned}) in the public GPT-2 layout, "
+                         "which gives every layer n_head heads; save the unpruned model and prune after loading")
     public = ours_to_public(model.state_dict(), config.n_layer, config.n_positions)
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,39 @@
+"""The language-modelling loss: how surprised the model is by each next token, on average.
+
+Equals transformers' `GPT2LMHeadModel(..., labels=...)` loss when padding is labelled -100 and
+position ids come from the mask: the mean of -log p(token t+1 | tokens <= t) over every position
+where both tokens are real. Padding predicts nothing and is never predicted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..checks import check_mask
+from ..model import GPT
+
+
+def predicted(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """(b t-1) bool: is token t+1 a real token predicted from a real position t? The tokens the
+    loss counts; its denominator is their number."""
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a (batch, time) tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids has {input_ids.shape[1]} column(s): a loss needs at least two tokens per row")
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else (
+        check_mask("attention_mask", attention_mask, tuple(input_ids.shape)).to(input_ids.device))
+    counted = mask[:, :-1] & mask[:, 1:]
+    if not bool(counted.any()):
+        raise ValueError("no row has two real tokens in a row: there is nothing to predict")
+    return counted
+
+
+def lm_loss(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Tensor:
+    """Mean next-token negative log-likelihood in nats over real predicted tokens: a scalar,
+    differentiable with respect to the parameters and to head_mask."""
+    counted = predicted(input_ids, attention_mask)  # (b t-1)
+    logits = model(input_ids, attention_mask=attention_mask, head_mask=head_mask)  # (b t v)
+    logprobs = logits[:, :-1].float().log_softmax(dim=-1)  # position t predicts token t+1
+    picked = logprobs.gather(-1, input_ids[:, 1:, None])[..., 0]  # (b t-1): log p of the token that came
+    return -torch.where(counted, picked, 0.0).sum() / counted.sum()

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""What each attention head looks at: attention maps (layers x heads) and each head's entropy.
+
+    python scripts/attention.py --text "The cat sat on the mat because it was tired."
+
+Prints the entropy table (nats: 0 means a head looks at one token, log n that it spreads evenly
+over n) and writes attention_maps.png and attention_entropy.png to --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import plots
+from common import (SAMPLE_TEXT, Parser, add_model_arguments, add_output_argument, load_model, output_dir, prompt_ids,
+                    run, table)
+from minigpt import Tokenizer, analysis
+from minigpt.analysis.pruning import kept_heads
+
+
+def parser() -> Parser:
+    parser = Parser(__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--text", default=SAMPLE_TEXT[:60], help="the text to look at (default: a line of Dickens)")
+    add_output_argument(parser)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    model, _, what = load_model(args)
+    print(what)
+    tokenizer = Tokenizer.gpt2()
+    ids = prompt_ids(tokenizer, args.text, model, "--text")
+    if ids.shape[1] > model.config.n_positions:
+        raise ValueError(f"--text is {ids.shape[1]} tokens, more than the model's context of {model.config.n_positions}")
+    labels = [repr(tokenizer.decode([i]))[1:-1] for i in ids[0].tolist()]
+    entropy = analysis.attention_entropy(model, ids)
+    c = model.config
+    print(f"{ids.shape[1]} tokens: {' | '.join(labels)}\n")
+    print("attention entropy (nats) of each head, averaged over query positions; "
+          "0 = looks at one token, higher = spreads out")
+    print(table([[str(layer), *(f"{e:.2f}" for e in row)] for layer, row in enumerate(entropy.tolist())],
+                ["layer", *(f"h{head}" for head in range(c.n_head))]))
+    plt = plots.pyplot()
+    if plt is None:
+        print(f"\n{plots.INSTALL_HINT}")
+        return 0
+    out = output_dir(args)
+    with torch.no_grad():
+        trace = model.trace(ids)
+    heads = [kept_heads(model, layer) for layer in range(c.n_layer)]
+    maps = plots.attention_grid(plt, [pattern[0] for pattern in trace.attentions], heads, c.n_head, labels,
+                                out / "attention_maps.png")
+    heat = plots.heatmap(plt, entropy, "attention entropy per head (nats)", "entropy (nats)", out / "attention_entropy.png")
+    print(f"\nwrote {maps} and {heat}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, parser()))
