@@ -1,10 +1,14 @@
-"""Decoders: logits -> tokens. Greedy, sampling and beam search over a KV-cached GPT, with
-transformers' generate() semantics, and small logits processors they compose."""
+"""Decoders: logits -> tokens. Greedy, sampling, beam search, diverse beam search and contrastive
+search over a KV-cached GPT, with transformers' generate() semantics, and small logits processors
+they compose."""
 
 from . import processors
 from .beam import beam_search
+from .contrastive import contrastive_search
+from .diverse_beam import diverse_beam_search
 from .generation import Generation, sequence_logprob
 from .greedy import greedy
 from .sampling import sample
 
-__all__ = ["greedy", "sample", "beam_search", "Generation", "sequence_logprob", "processors"]
+__all__ = ["greedy", "sample", "beam_search", "diverse_beam_search", "contrastive_search", "Generation",
+           "sequence_logprob", "processors"]

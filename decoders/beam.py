@@ -1,24 +1,30 @@
 """Beam search: keep the num_beams best partial sequences, and a pool of the best finished ones.
 
-Mirrors `GenerationMixin._beam_search` in transformers' `generation/utils.py` (5.x), step for step:
+Mirrors `GenerationMixin._beam_search` in transformers' `generation/utils.py` (5.x). Each step,
+for every prompt, in this order (the loop in `beam_search` reads as these five calls):
 
-1. Each live beam's next-token log-probabilities (log-softmax, then the processors) are added to
-   the beam's running score. At the first step only beam 0 is live: the others start at -1e9.
-2. Of all beams x vocabulary, the best 2 * num_beams candidates are kept: enough that num_beams
-   remain even if num_beams of them end in EOS.
-3. A candidate that ends in EOS (or reaches max_new_tokens) and ranks in the first num_beams
-   joins the finished pool with score sum(log-probs) / generated_length ** length_penalty. The
-   pool keeps its best num_beams.
-4. The best num_beams candidates that did not finish are the next beams; the KV cache's rows
-   are reordered to follow them.
-5. Stop when early_stopping=True and the pool is full, or when the pool is full and the best
-   running beam can no longer beat the worst finished one (judged at its current length, or at
-   max_new_tokens with early_stopping="never" and a positive length penalty).
+1. `score_continuations`: every live beam's next-token log-probabilities (log-softmax, then the
+   processors) are added to the beam's running score. At the first step only beam 0 is live.
+2. `best_candidates`: of all beams x vocabulary, the best c = 2 x num_beams (with several EOS
+   ids, (1 + their number) x num_beams) are kept: enough that num_beams remain even if all the
+   EOS candidates among them end.
+3. `update_finished`: a candidate that ends (EOS, or max_new_tokens reached) and ranks in the
+   first num_beams joins the pool with score sum(log-probs) / generated_length ** length_penalty.
+   The pool keeps its best num_beams.
+4. `next_beams`: the best num_beams candidates that did not end are the next beams; the KV
+   cache's rows follow them.
+5. `still_improvable`: a prompt is finished when its pool is full and (early_stopping=True, or
+   no running beam can still beat the worst hypothesis in it); the search stops when all are.
 
-Axes: b prompts, k beams, c = 2k candidates, v vocabulary, L = prompt + max_new_tokens.
+Diverse beam search (`diverse_beam.py`) runs the same steps for each group of beams.
+
+Axes: n searches (prompts), k beams, c candidates, v vocabulary, L = prompt + max_new_tokens.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,22 +35,126 @@ from .generation import (ALTERNATIVES, LENGTH_PENALTY_RANGE, Generation, check_o
                          check_record_options, summarize)
 from .processors import chain
 
-IMPOSSIBLE = -1.0e9  # transformers' stand-in for log 0: finite, so sums with it stay ordered
-
-Beams = dict[str, Tensor]  # every tensor is (b k ...): one entry per hypothesis
-
-
-def take(beams: Beams, index: Tensor) -> Beams:
-    """Hypotheses index (b m) of each prompt, every field alike: (b k ...) -> (b m ...)."""
-    out = {}
-    for name, x in beams.items():
-        out[name] = torch.take_along_dim(x, index.view(*index.shape, *[1] * (x.dim() - 2)), dim=1)
-    return out
+# transformers' stand-in for log 0: finite, so a sum with it still orders correctly, and a beam
+# that holds it is never chosen over one that does not
+IMPOSSIBLE = -1.0e9
 
 
-def merge(first: Beams, second: Beams) -> Beams:
-    return {name: torch.cat([first[name], second[name]], dim=1) for name in first}
+@dataclass
+class Hypotheses:
+    """k hypotheses for each of n searches; every field is (n k ...), one entry per hypothesis."""
 
+    tokens: Tensor  # (n k L): the prompt, then the tokens chosen so far (pad beyond)
+    score: Tensor  # (n k): running beams: the sum of processed log-probs; the finished pool: that sum, length-normalised
+    finished: Tensor  # (n k) bool: a real finished hypothesis (in the pool; False for an empty slot)
+    length: Tensor  # (n k): new tokens, EOS included
+    step_score: Tensor  # (n k new): processed log-prob of each chosen token
+    step_logprob: Tensor  # (n k new): the model's own log-prob of it
+    entropy: Tensor  # (n k new): of the distribution it was chosen from
+    alternatives: Tensor  # (n k new a): that distribution's likeliest tokens
+    alternative_probs: Tensor  # (n k new a)
+    step_logprobs: Tensor | None  # (n k new v) with keep_logprobs
+
+    @classmethod
+    def empty(cls, prompt: Tensor, k: int, max_new_tokens: int, pad: int, score: float, alternatives: int,
+              vocab: int | None) -> Hypotheses:
+        """k copies of each prompt row (n t), every one with running score `score`."""
+        n, t = prompt.shape
+        per_step = torch.zeros(n, k, max_new_tokens, device=prompt.device)
+        per_alternative = torch.zeros(n, k, max_new_tokens, alternatives, device=prompt.device)
+        tokens = torch.full((n, k, t + max_new_tokens), pad, dtype=torch.long, device=prompt.device)
+        tokens[:, :, :t] = prompt[:, None, :]
+        return cls(tokens=tokens, score=torch.full((n, k), score, device=prompt.device),
+                   finished=torch.zeros(n, k, dtype=torch.bool, device=prompt.device),
+                   length=torch.zeros(n, k, dtype=torch.long, device=prompt.device),
+                   step_score=per_step, step_logprob=per_step.clone(), entropy=per_step.clone(),
+                   alternatives=per_alternative.long(), alternative_probs=per_alternative.clone(),
+                   step_logprobs=None if vocab is None else torch.zeros(n, k, max_new_tokens, vocab, device=prompt.device))
+
+    def take(self, index: Tensor) -> Hypotheses:
+        """Hypotheses index (n m) of each search, every field alike: (n k ...) -> (n m ...)."""
+        def gather(x: Tensor | None) -> Tensor | None:
+            return None if x is None else torch.take_along_dim(x, index.view(*index.shape, *[1] * (x.dim() - 2)), dim=1)
+        return Hypotheses(**{f.name: gather(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def joined(self, other: Hypotheses) -> Hypotheses:
+        """Both sets side by side: (n k ...) and (n m ...) -> (n (k+m) ...)."""
+        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            return None if a is None else torch.cat([a, b], dim=1)
+        return Hypotheses(**{f.name: cat(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)})
+
+
+# ---- the five steps ------------------------------------------------------------------------
+
+def score_continuations(running: Hypotheses, processed: Tensor) -> Tensor:
+    """1. processed log-probs (n k v) + each beam's running score -> the score of every beam x
+    token continuation, flattened per search: (n (k v))."""
+    return (processed + running.score[:, :, None]).flatten(1)
+
+
+def best_candidates(totals: Tensor, count: int, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
+    """2. The `count` best continuations: their scores, the beam each extends, and its token, (n c).
+    Continuation i of the flattened (k v) row is token i % v of beam i // v."""
+    scores, flat = torch.topk(totals, count)
+    return scores, flat // vocab, flat % vocab
+
+
+def extend(running: Hypotheses, parent: Tensor, token: Tensor, scores: Tensor, step: int, prompt_length: int,
+           per_beam: dict[str, Tensor], per_candidate: dict[str, Tensor]) -> Hypotheses:
+    """The candidates (n c) as hypotheses: their parent beam's history, the new token, and what
+    this step records: per_beam values (n k ...) are read through the parent (the entropy of the
+    distribution the token came from), per_candidate values (n c) belong to the candidate itself."""
+    candidates = running.take(parent)
+    candidates.tokens[:, :, prompt_length + step] = token
+    candidates.score = scores
+    candidates.length = torch.full_like(token, step + 1)
+    for name, value in per_beam.items():
+        index = parent.view(*parent.shape, *[1] * (value.dim() - 2))
+        getattr(candidates, name)[:, :, step] = torch.take_along_dim(value, index, dim=1)
+    for name, value in per_candidate.items():
+        getattr(candidates, name)[:, :, step] = value
+    return candidates
+
+
+def update_finished(pool: Hypotheses, candidates: Hypotheses, ends: Tensor, k: int, step: int,
+                    length_penalty: float, closed: Tensor) -> Hypotheses:
+    """3. The pool after the ending candidates among the first k join it (a candidate ranked lower
+    would not have been a beam had it gone on), scored sum / length ** length_penalty, and the
+    best k kept. closed (n 1): searches whose pool takes no more."""
+    joins = ends & (torch.arange(ends.shape[1], device=ends.device) < k) & ~closed
+    candidates = dataclasses.replace(candidates, finished=joins,
+                                     # IMPOSSIBLE keeps a non-joining candidate out of the best k
+                                     score=torch.where(joins, candidates.score / ((step + 1) ** length_penalty), IMPOSSIBLE))
+    merged = pool.joined(candidates)
+    return merged.take(torch.topk(merged.score, k).indices)
+
+
+def next_beams(candidates: Hypotheses, ends: Tensor, k: int) -> tuple[Hypotheses, Tensor]:
+    """4. The best k candidates that did not end, and their index among the candidates (n k).
+    An ending candidate's score drops by IMPOSSIBLE so that it ranks below every other; if more
+    than c - k of them end (only at max_new_tokens), the search is over anyway."""
+    still_running = candidates.score + ends.float() * IMPOSSIBLE
+    chosen = torch.topk(still_running, k).indices
+    beams = candidates.take(chosen)
+    beams.score = still_running.gather(1, chosen)
+    return beams, chosen
+
+
+def still_improvable(pool: Hypotheses, best_score: Tensor, improvable: Tensor, early_stopping: bool | str,
+                     length_penalty: float, generated: int, max_new_tokens: int) -> Tensor:
+    """5. (n 1): can a running beam still beat the pool's worst? best_score (n 1) is the best
+    running score (what transformers' beam search compares). Once a search cannot improve, it
+    never can again. With early_stopping=True a full pool is final."""
+    full = pool.finished.all(dim=1, keepdim=True)
+    if early_stopping is True:
+        return improvable & ~full
+    best_length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else generated
+    best_possible = best_score / (best_length**length_penalty)  # a positive penalty favours length: judge at the longest
+    worst = torch.where(full, pool.score.min(dim=1, keepdim=True).values, IMPOSSIBLE)
+    return improvable & (best_possible > worst)
+
+
+# ---- beam search ------------------------------------------------------------------------------
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
 def beam_search(
@@ -71,135 +181,144 @@ def beam_search(
     `sequence_scores` its `sequences_scores`. length_penalty > 0 favours longer sequences,
     < 0 shorter ones; 0 ranks by plain log-probability. alternatives and keep_logprobs: as in greedy.
     """
-    prompt_real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
-    check_record_options(model, alternatives, keep_logprobs)
-    v = model.config.vocab_size
-    check_int("num_beams", num_beams, 1, v)  # more beams than tokens: the first step cannot fill them
-    if v < 2:
-        raise ValueError(f"beam search needs a vocabulary of at least 2 tokens (it keeps 2 x num_beams candidates), got {v}")
-    check_int("num_return_sequences", num_return_sequences, 1, num_beams)
-    check_float("length_penalty", length_penalty, *LENGTH_PENALTY_RANGE)
-    if not (early_stopping is True or early_stopping is False or (isinstance(early_stopping, str) and early_stopping == "never")):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
-    if max_new_tokens == 0:
-        raise ValueError("max_new_tokens must be >= 1 for beam search: there is nothing to rank otherwise")
-    rows = input_ids.shape[0] * num_beams
-    # per step: several (rows v) float32 tables (log-probs, processed, totals, their log-softmax)
-    check_fits_in_memory(4 * rows * v * 4, f"beam search over {rows} beams x {v} tokens", input_ids.device)
-    processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size,
-                       min_new_tokens=min_new_tokens, eos_ids=eos)
-    eos_tensor = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
-
-    b, prompt_length = input_ids.shape
-    k, device = num_beams, input_ids.device
-    total = prompt_length + max_new_tokens
-    batch_rows = torch.arange(b, device=device)[:, None] * k  # (b 1): first cache row of each prompt
-
-    def fresh(score: float) -> Beams:
-        tokens = torch.full((b, k, total), pad, dtype=torch.long, device=device)
-        tokens[:, :, :prompt_length] = input_ids[:, None, :]
-        per_step = torch.zeros(b, k, max_new_tokens, device=device)
-        per_alternative = torch.zeros(b, k, max_new_tokens, alternatives, device=device)
-        return {
-            "tokens": tokens, "score": torch.full((b, k), score, device=device),
-            "done": torch.zeros(b, k, dtype=torch.bool, device=device),
-            "length": torch.zeros(b, k, dtype=torch.long, device=device),
-            "step_score": per_step, "step_logprob": per_step.clone(), "entropy": per_step.clone(),
-            "alternatives": per_alternative.long(), "alternative_probs": per_alternative.clone(),
-        } | ({"step_logprobs": torch.zeros(b, k, max_new_tokens, v, device=device)} if keep_logprobs else {})
-
-    running, finished = fresh(0.0), fresh(IMPOSSIBLE)
-    running["score"][:, 1:] = IMPOSSIBLE  # the k beams start as copies of one: only beam 0 is live
-    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)  # can a running beam still win?
-    in_first_k = torch.arange(2 * k, device=device) < k  # (c): only these candidates may finish
-
-    # Prefill once per prompt, then copy the cache to the k beams.
-    cache = model.new_cache(b, total)
-    logits = model(input_ids, attention_mask=prompt_real, cache=cache, only_last=True)[:, -1]
-    logits, cache = logits.repeat_interleave(k, dim=0), cache.repeat_rows(k)  # ((b k) v)
-    prompt_real = prompt_real.repeat_interleave(k, dim=0)
-
+    search = BeamSetup(model, input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                       num_return_sequences=num_return_sequences, max_new_tokens=max_new_tokens,
+                       length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos_token_id,
+                       pad_token_id=pad_token_id, min_new_tokens=min_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+                       repetition_penalty=repetition_penalty, alternatives=alternatives, keep_logprobs=keep_logprobs)
+    b, k, v = search.prompts, num_beams, search.vocab
+    running = search.hypotheses(k, live=[0])  # the k beams start as copies of the prompt: only beam 0 is live
+    pool = search.hypotheses(k, live=[])
+    improvable = torch.ones(b, 1, dtype=torch.bool, device=input_ids.device)
+    logits, cache = search.prefill(k)
+    first_row = torch.arange(b, device=input_ids.device)[:, None] * k  # (b 1): each prompt's first cache row
     for step in range(max_new_tokens):
-        at = prompt_length + step  # the column this step fills
-        logprobs = logits.float().log_softmax(dim=-1)  # ((b k) v)
-        history = running["tokens"][:, :, :at].reshape(b * k, at)
-        real = torch.cat([prompt_real, prompt_real.new_ones(b * k, step)], dim=1)
-        processed = processors(logprobs, history, real, step)  # ((b k) v)
-
-        # 1-2. every beam x token, scored by its running total; keep the best 2k
-        totals = processed.view(b, k, v) + running["score"][:, :, None]
-        cand_score, flat = torch.topk(totals.view(b, k * v), 2 * k)  # (b c)
-        parent, token = flat // v, flat % v
-        cand = take(running, parent)
-        cand["tokens"][:, :, at] = token
-        cand["score"] = cand_score
-        cand["length"] = torch.full_like(token, step + 1)
-        cand["step_score"][:, :, step] = processed.view(b, k * v).gather(1, flat)
-        cand["step_logprob"][:, :, step] = logprobs.view(b, k * v).gather(1, flat)
-        processed_logprobs = processed.log_softmax(dim=-1)
-        entropy, alt_ids, alt_probs = summarize(processed_logprobs, alternatives)
-        cand["entropy"][:, :, step] = entropy.view(b, k).gather(1, parent)
-        if keep_logprobs:
-            cand["step_logprobs"][:, :, step] = torch.take_along_dim(processed_logprobs.view(b, k, v), parent[..., None], dim=1)
-        cand["alternatives"][:, :, step] = torch.take_along_dim(alt_ids.view(b, k, -1), parent[..., None], dim=1)
-        cand["alternative_probs"][:, :, step] = torch.take_along_dim(alt_probs.view(b, k, -1), parent[..., None], dim=1)
-
-        ends = torch.isin(token, eos_tensor)  # (b c); all False without an EOS
-        if step == max_new_tokens - 1:
-            ends = torch.ones_like(ends)  # at the maximum length every candidate is final
-
-        # 4. the next beams: the best k candidates that did not end
-        still_running = cand_score + ends.float() * IMPOSSIBLE
-        chosen = torch.topk(still_running, k).indices  # (b k)
-        next_running = take(cand, chosen)
-        next_running["score"] = still_running.gather(1, chosen)
-
-        # 3. the finished pool: candidates that ended among the first k, length-normalised
-        joins = ends & in_first_k
-        normalised = cand_score / ((step + 1) ** length_penalty)
-        pool_full = finished["done"].all(dim=1, keepdim=True) & (early_stopping is True)
-        normalised = normalised + pool_full.float() * IMPOSSIBLE
-        normalised = normalised + (~improvable).float() * IMPOSSIBLE
-        normalised = normalised + (~joins) * IMPOSSIBLE
-        cand["score"], cand["done"] = normalised, joins
-        merged = merge(finished, cand)
-        finished = take(merged, torch.topk(merged["score"], k).indices)
-
-        running = next_running
-        cache.reorder((parent.gather(1, chosen) + batch_rows).view(-1))  # cache rows follow their beams
-
-        # 5. stop?
-        generated = step + 1
-        best_length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else generated
-        best_possible = running["score"][:, :1] / (best_length**length_penalty)
-        worst_done = torch.where(finished["done"], finished["score"].min(dim=1, keepdim=True).values, IMPOSSIBLE)
-        improvable = improvable & (best_possible > worst_done).any(dim=1, keepdim=True)
-        all_full = bool(finished["done"].all()) and early_stopping is True
-        if not bool(improvable.any()) or all_full or bool(ends.all()):
+        logprobs, processed = search.process(logits, running, step)  # ((b k) v) each
+        totals = score_continuations(running, processed.view(b, k, v))  # 1.
+        scores, parent, token = best_candidates(totals, search.candidates_per_search(k), v)  # 2.
+        candidates = extend(running, parent, token, scores, step, search.prompt_length,
+                            *search.records(logprobs, processed, token, parent))
+        ends = search.ends(token, step)
+        pool = update_finished(pool, candidates, ends, k, step, length_penalty, ~improvable)  # 3.
+        running, chosen = next_beams(candidates, ends, k)  # 4.
+        # The cache follows the beams: beam j of prompt i continues candidate chosen[i, j], which
+        # extends beam parent[i, chosen[i, j]] -- a gather of a gather, then the prompt's first row.
+        cache.reorder((parent.gather(1, chosen) + first_row).flatten())
+        improvable = still_improvable(pool, running.score[:, :1], improvable, early_stopping, length_penalty,  # 5.
+                                      step + 1, max_new_tokens)
+        if not bool(improvable.any()) or bool(ends.all()):
             break
-        logits = model(running["tokens"][:, :, at].reshape(b * k, 1), cache=cache, only_last=True)[:, -1]
+        logits = model(running.tokens[:, :, search.prompt_length + step].reshape(b * k, 1), cache=cache,
+                       only_last=True)[:, -1]
+    return search.result(pool, num_return_sequences)
 
-    best = take(finished, torch.arange(num_return_sequences, device=device).expand(b, -1))
-    width = int(best["length"].max())
-    rows = b * num_return_sequences
 
-    def flat(name: str) -> Tensor:
-        x = best[name]
-        return x.reshape(rows, *x.shape[2:])
+class BeamSetup:
+    """What beam search and diverse beam search share around the steps: the checks, the
+    processors, the prefill, the per-step records, and turning the pool into a Generation."""
 
-    new_real = torch.arange(width, device=device)[None, :] < flat("length")[:, None]  # (rows width)
-    prompt_mask = prompt_real.view(b, k, -1)[:, :num_return_sequences].reshape(rows, -1)
-    return Generation(
-        sequences=flat("tokens")[:, : prompt_length + width],
-        prompt_length=prompt_length,
-        attention_mask=torch.cat([prompt_mask, new_real], dim=1).long(),
-        scores=flat("step_score")[:, :width],
-        token_logprobs=flat("step_logprob")[:, :width],
-        entropy=flat("entropy")[:, :width],
-        alternatives=flat("alternatives")[:, :width],
-        alternative_probs=flat("alternative_probs")[:, :width],
-        sequence_scores=flat("score"),
-        step_logprobs=flat("step_logprobs")[:, :width] if keep_logprobs else None,
-    )
+    def __init__(self, model, input_ids, *, attention_mask, num_beams, num_return_sequences, max_new_tokens,
+                 length_penalty, early_stopping, eos_token_id, pad_token_id, min_new_tokens, no_repeat_ngram_size,
+                 repetition_penalty, alternatives, keep_logprobs):
+        self.real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+        check_record_options(model, alternatives, keep_logprobs)
+        v = model.config.vocab_size
+        check_int("num_beams", num_beams, 1, v)  # more beams than tokens: the first step cannot fill them
+        if v < 2:
+            raise ValueError(f"beam search needs a vocabulary of at least 2 tokens (it keeps 2 x num_beams candidates), got {v}")
+        check_int("num_return_sequences", num_return_sequences, 1, num_beams)
+        check_float("length_penalty", length_penalty, *LENGTH_PENALTY_RANGE)
+        if not (early_stopping is True or early_stopping is False
+                or (isinstance(early_stopping, str) and early_stopping == "never")):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+        self.eos, self.pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                           min_new_tokens=min_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+                                           repetition_penalty=repetition_penalty)
+        if max_new_tokens == 0:
+            raise ValueError("max_new_tokens must be >= 1 for beam search: there is nothing to rank otherwise")
+        rows = input_ids.shape[0] * num_beams
+        # per step: several (rows v) float32 tables (log-probs, processed, totals, their log-softmax)
+        check_fits_in_memory(4 * rows * v * 4 * (2 if keep_logprobs else 1), f"beam search over {rows} beams x {v} tokens",
+                             input_ids.device)
+        self.model, self.input_ids, self.vocab = model, input_ids, v
+        self.prompts, self.prompt_length = input_ids.shape
+        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
+        self.alternatives, self.keep_logprobs = alternatives, keep_logprobs
+        self.processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size,
+                                min_new_tokens=min_new_tokens, eos_ids=self.eos)
+        self.eos_tensor = torch.tensor(self.eos, dtype=torch.long, device=input_ids.device)
+
+    def candidates_per_search(self, k: int) -> int:
+        """2k, or (1 + number of EOS ids) k: however many of them end, k can go on."""
+        return max(2, 1 + len(self.eos)) * k
+
+    def hypotheses(self, k: int, live: list[int]) -> Hypotheses:
+        """k hypotheses per prompt; those in `live` start at score 0, the others at IMPOSSIBLE."""
+        hyps = Hypotheses.empty(self.input_ids, k, self.max_new_tokens, self.pad, IMPOSSIBLE, self.alternatives,
+                                self.vocab if self.keep_logprobs else None)
+        hyps.score[:, live] = 0.0
+        return hyps
+
+    def prefill(self, copies: int):
+        """Run each prompt once, then copy its cache row and logits to its `copies` beams."""
+        b = self.prompts
+        cache = self.model.new_cache(b, self.prompt_length + self.max_new_tokens)
+        logits = self.model(self.input_ids, attention_mask=self.real, cache=cache, only_last=True)[:, -1]
+        rows = torch.arange(b, device=logits.device).repeat_interleave(copies)  # ((b copies)): prompt of each beam
+        self.beam_real = self.real[rows]
+        return logits[rows], cache.take_rows(rows)
+
+    def process(self, logits: Tensor, running: Hypotheses, step: int, before=None) -> tuple[Tensor, Tensor]:
+        """(rows v) logits -> log-probs and processed log-probs; `before` (optional) acts first."""
+        logprobs = logits.float().log_softmax(dim=-1)
+        at = self.prompt_length + step
+        history = running.tokens[:, :, :at].flatten(0, 1)
+        real = torch.cat([self.beam_real[: history.shape[0]], self.beam_real.new_ones(history.shape[0], step)], dim=1)
+        start = logprobs if before is None else before(logprobs)
+        return logprobs, self.processors(start, history, real, step)
+
+    def records(self, logprobs: Tensor, processed: Tensor, token: Tensor, parent: Tensor) -> tuple[dict, dict]:
+        """What this step records: per beam (n k ...), the entropy and alternatives of each beam's
+        distribution; per candidate (n c), the chosen token's processed and own log-probability."""
+        n, k, v = parent.shape[0], logprobs.shape[0] // parent.shape[0], self.vocab
+        processed_logprobs = processed.log_softmax(dim=-1)
+        entropy, ids, probs = summarize(processed_logprobs, self.alternatives)
+        per_beam = {"entropy": entropy.view(n, k), "alternatives": ids.view(n, k, -1), "alternative_probs": probs.view(n, k, -1)}
+        if self.keep_logprobs:
+            per_beam["step_logprobs"] = processed_logprobs.view(n, k, v)
+        flat = parent * v + token  # the candidates' places in the flattened (k v) row
+        per_candidate = {"step_score": processed.view(n, k * v).gather(1, flat),
+                         "step_logprob": logprobs.view(n, k * v).gather(1, flat)}
+        return per_beam, per_candidate
+
+    def ends(self, token: Tensor, step: int) -> Tensor:
+        """(n c): which candidates end: an EOS, or any at the last step."""
+        if step == self.max_new_tokens - 1:
+            return torch.ones_like(token, dtype=torch.bool)
+        return torch.isin(token, self.eos_tensor)
+
+    def result(self, pool: Hypotheses, count: int) -> Generation:
+        """The best `count` of each prompt's pool (sorted best first), as a Generation of (b count) rows."""
+        b = self.prompts
+        best = pool.take(torch.topk(pool.score, count).indices)
+        width = int(best.length.max())
+        rows = b * count
+
+        def flat(x: Tensor) -> Tensor:
+            return x.reshape(rows, *x.shape[2:])
+
+        new_real = torch.arange(width, device=best.tokens.device)[None, :] < flat(best.length)[:, None]  # (rows width)
+        prompt_mask = self.real.repeat_interleave(count, dim=0)
+        return Generation(
+            sequences=flat(best.tokens)[:, : self.prompt_length + width],
+            prompt_length=self.prompt_length,
+            attention_mask=torch.cat([prompt_mask, new_real], dim=1).long(),
+            scores=flat(best.step_score)[:, :width],
+            token_logprobs=flat(best.step_logprob)[:, :width],
+            entropy=flat(best.entropy)[:, :width],
+            alternatives=flat(best.alternatives)[:, :width],
+            alternative_probs=flat(best.alternative_probs)[:, :width],
+            sequence_scores=flat(best.score),
+            step_logprobs=None if best.step_logprobs is None else flat(best.step_logprobs)[:, :width],
+        )
+

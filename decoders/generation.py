@@ -142,6 +142,13 @@ def check_options(
     return eos, pad
 
 
+def repeat_rows(rows: Tensor, times: int, name: str) -> Tensor:
+    """(b t) -> ((b times) t), each row `times` times in a row, once `rows` is checked to be a tensor."""
+    if not isinstance(rows, Tensor) or rows.dim() != 2:
+        raise ValueError(f"{name} must be a (batch, time) tensor, got {type(rows).__name__}")
+    return rows.repeat_interleave(times, dim=0)
+
+
 def check_callback(name: str, value: object) -> None:
     if value is not None and not callable(value):
         raise ValueError(f"{name} must be a function or None, got {type(value).__name__}")

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .generation import ALTERNATIVES, Generation, check_options
 from .processors import chain
-from .token_loop import token_loop
+from .token_loop import FeedBack, token_loop
 
 
 def greedy(
@@ -38,7 +38,7 @@ def greedy(
                              no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
     processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size,
                        min_new_tokens=min_new_tokens, eos_ids=eos)
-    return token_loop(model, input_ids, choose=lambda logits: logits.argmax(dim=-1), processors=processors,
+    return token_loop(model, input_ids, step=FeedBack(model, lambda logits: logits.argmax(dim=-1)), processors=processors,
                       max_new_tokens=max_new_tokens, attention_mask=attention_mask, eos_ids=eos,
                       pad_token_id=pad, on_token=on_token, alternatives=alternatives,
                       keep_logprobs=keep_logprobs)

@@ -2,7 +2,7 @@
 
 They mirror transformers' `generation/logits_process.py` and run in its order (`chain`):
 repetition penalty, n-gram blocking, minimum length, then, when sampling, temperature, top-k,
-top-p. History-based ones take the tokens so far (b n) and `real` (b n), False on left padding,
+top-p, min-p, typical-p. Diverse beam search subtracts its Hamming penalty before all of them. History-based ones take the tokens so far (b n) and `real` (b n), False on left padding,
 so padding never changes a row's answer.
 """
 
@@ -69,6 +69,39 @@ def top_p(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
 
 
+def min_p(logits: Tensor, fraction: float) -> Tensor:
+    """Min-p sampling (Nguyen et al. 2024): keep the tokens at least `fraction` as likely as the
+    likeliest one; the cut follows the model's confidence, unlike a fixed top-p mass."""
+    probs = logits.softmax(dim=-1)
+    remove = probs < fraction * probs.amax(dim=-1, keepdim=True)
+    remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)  # the likeliest token always stays
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def typical_p(logits: Tensor, mass: float) -> Tensor:
+    """Locally typical sampling (Meister et al. 2023): keep the tokens whose surprise -log p is
+    closest to the distribution's entropy (its expected surprise), until their probabilities reach
+    `mass`, including the one that crosses it."""
+    logprobs = logits.log_softmax(dim=-1)
+    entropy = -(logprobs * logprobs.exp()).nansum(dim=-1, keepdim=True)  # (b 1); nansum: 0 * -inf is 0
+    distance = (-logprobs - entropy).abs()  # (b v): how atypical each token is
+    by_typicality, order = torch.sort(distance, dim=-1)
+    cumulative = logits.gather(1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=1, keepdim=True).clamp(max=logits.shape[-1] - 1)  # (b 1): the crossing token
+    remove = by_typicality > by_typicality.gather(1, last)  # everything less typical than it
+    remove[:, 0] = False  # the most typical token always stays
+    return logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+
+
+def hamming_diversity(logprobs: Tensor, earlier: Tensor, penalty: float) -> Tensor:
+    """Diverse beam search (Vijayakumar et al. 2016): lower each token's score by `penalty` times
+    the number of earlier groups' beams that chose it at this step. logprobs (b k v) for one
+    group's k beams of b prompts; earlier (b e) the tokens the earlier groups chose."""
+    counts = torch.zeros(logprobs.shape[0], logprobs.shape[-1], device=logprobs.device)
+    counts.scatter_add_(1, earlier, torch.ones_like(earlier, dtype=counts.dtype))  # (b v): times chosen
+    return logprobs - penalty * counts[:, None, :]
+
+
 def chain(
     *,
     repetition: float = 1.0,
@@ -78,6 +111,8 @@ def chain(
     t: float = 1.0,
     k: int = 0,
     p: float = 1.0,
+    min_fraction: float = 0.0,
+    typical_mass: float = 1.0,
 ) -> Processor:
     """The processors these options ask for, composed in transformers' order; off ones are left out."""
     steps: list[Processor] = []
@@ -93,6 +128,10 @@ def chain(
         steps.append(lambda x, tokens, real, new: top_k(x, k))
     if p < 1.0:
         steps.append(lambda x, tokens, real, new: top_p(x, p))
+    if min_fraction > 0.0:
+        steps.append(lambda x, tokens, real, new: min_p(x, min_fraction))
+    if typical_mass < 1.0:
+        steps.append(lambda x, tokens, real, new: typical_p(x, typical_mass))
 
     def run(logits: Tensor, tokens: Tensor, real: Tensor, new_so_far: int) -> Tensor:
         for step in steps:

@@ -1,13 +1,15 @@
-"""The loop greedy decoding and sampling share: one token per row per step, KV-cached.
+"""The loop greedy decoding, sampling and contrastive search share: one token per row per step.
 
-prefill: run the whole prompt once, filling the cache; then each step processes the last
-position's logits, lets `choose` pick a token per row, and feeds only that token back.
+A `Step` says how tokens are chosen and how the next logits are found: `start` runs the prompt
+(prefill, filling the KV cache), `choose` picks a token per row from the processed logits, and
+`advance` gives the logits that follow the chosen tokens. The loop around it applies the logits
+processors, pads rows that have finished, records what a `Generation` reports, and stops.
 Mirrors `GenerationMixin._sample` in transformers' `generation/utils.py`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -16,12 +18,41 @@ from .generation import ALTERNATIVES, Generation, check_callback, check_prompt, 
 from .processors import Processor
 
 
+class Step(Protocol):
+    def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
+        """The prompt (b t), its real-token mask -> the logits (b v) that follow it."""
+
+    def choose(self, processed: Tensor) -> Tensor:
+        """Processed logits (b v) -> one token per row (b)."""
+
+    def advance(self, tokens: Tensor) -> Tensor:
+        """The tokens just chosen (b) -> the logits (b v) that follow them."""
+
+
+class FeedBack:
+    """The usual step: pick from the processed distribution, then run the chosen token through the
+    model, its keys and values going into the cache."""
+
+    def __init__(self, model, pick: Callable[[Tensor], Tensor]):
+        self.model, self.pick = model, pick
+
+    def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
+        self.cache = self.model.new_cache(input_ids.shape[0], max_length)
+        return self.model(input_ids, attention_mask=real, cache=self.cache, only_last=True)[:, -1]
+
+    def choose(self, processed: Tensor) -> Tensor:
+        return self.pick(processed)
+
+    def advance(self, tokens: Tensor) -> Tensor:
+        return self.model(tokens[:, None], cache=self.cache, only_last=True)[:, -1]
+
+
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
 def token_loop(
     model,
     input_ids: Tensor,
     *,
-    choose: Callable[[Tensor], Tensor],
+    step: Step,
     processors: Processor,
     max_new_tokens: int,
     attention_mask: Tensor | None,
@@ -31,9 +62,8 @@ def token_loop(
     alternatives: int = ALTERNATIVES,
     keep_logprobs: bool = False,
 ) -> Generation:
-    """choose: processed logits (b v) -> token ids (b). on_token: sees each step's tokens (b), for
-    streaming. alternatives: how many of the likeliest tokens each step remembers. keep_logprobs:
-    also keep each step's whole processed log-probability row (b v)."""
+    """on_token: sees each step's tokens (b), for streaming. alternatives: how many of the likeliest
+    tokens each step remembers. keep_logprobs: also keep each step's whole processed log-probability row."""
     real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
     check_callback("on_token", on_token)
     check_record_options(model, alternatives, keep_logprobs)
@@ -41,20 +71,19 @@ def token_loop(
     b, prompt_length = input_ids.shape
     tokens = input_ids
     finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-    steps: list[dict[str, Tensor]] = []  # what each step records, by Generation's field names
+    records: list[dict[str, Tensor]] = []  # what each step records, by Generation's field names
     if max_new_tokens:
-        cache = model.new_cache(b, prompt_length + max_new_tokens)
-        logits = model(input_ids, attention_mask=real, cache=cache, only_last=True)[:, -1]  # prefill
-    for step in range(max_new_tokens):
+        logits = step.start(input_ids, real, prompt_length + max_new_tokens)
+    for new in range(max_new_tokens):
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
-        processed = processors(logits, tokens, real, step)
-        chosen = choose(processed)  # (b)
+        processed = processors(logits, tokens, real, new)
+        chosen = step.choose(processed)  # (b)
         if eos_ids:
             chosen = chosen.masked_fill(finished, pad_token_id)
         processed_logprobs = processed.log_softmax(dim=-1)
         logprobs = processed_logprobs if processed is logits else logits.log_softmax(dim=-1)  # no processor: the same
         entropy, alternative_ids, alternative_probs = summarize(processed_logprobs, alternatives)
-        steps.append({
+        records.append({
             "scores": processed_logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0),
             "token_logprobs": logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0),
             "alive": ~finished, "entropy": entropy,
@@ -68,23 +97,23 @@ def token_loop(
             finished = finished | torch.isin(chosen, eos)
             if bool(finished.all()):
                 break
-        if step + 1 < max_new_tokens:
-            logits = model(chosen[:, None], cache=cache, only_last=True)[:, -1]
-    return _assemble(tokens, prompt_length, real, steps, alternatives, keep_logprobs, model.config.vocab_size)
+        if new + 1 < max_new_tokens:
+            logits = step.advance(chosen)
+    return _assemble(tokens, prompt_length, real, records, alternatives, keep_logprobs, model.config.vocab_size)
 
 
-def _assemble(tokens: Tensor, prompt_length: int, real: Tensor, steps: list[dict[str, Tensor]],
+def _assemble(tokens: Tensor, prompt_length: int, real: Tensor, records: list[dict[str, Tensor]],
               alternatives: int, keep_logprobs: bool, vocab_size: int) -> Generation:
     """Stack the steps' records into a Generation: (b) per step -> (b new), (b a) -> (b new a)."""
-    if not steps:  # max_new_tokens=0: the prompt alone
+    if not records:  # max_new_tokens=0: the prompt alone
         b, device = tokens.shape[0], tokens.device
         empty = {"scores": torch.zeros(b, 0, device=device), "alive": torch.zeros(b, 0, dtype=torch.bool, device=device),
                  "alternatives": torch.zeros(b, 0, alternatives, dtype=torch.long, device=device),
                  "alternative_probs": torch.zeros(b, 0, alternatives, device=device)}
         empty |= {"token_logprobs": empty["scores"], "entropy": empty["scores"]}
-        steps_stacked = empty | ({"step_logprobs": torch.zeros(b, 0, vocab_size, device=device)} if keep_logprobs else {})
+        stacked = empty | ({"step_logprobs": torch.zeros(b, 0, vocab_size, device=device)} if keep_logprobs else {})
     else:
-        steps_stacked = {name: torch.stack([step[name] for step in steps], dim=1) for name in steps[0]}
-    alive = steps_stacked.pop("alive")
+        stacked = {name: torch.stack([record[name] for record in records], dim=1) for name in records[0]}
+    alive = stacked.pop("alive")
     mask = torch.cat([real[:, :prompt_length], alive], dim=1).long()
-    return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=mask, **steps_stacked)
+    return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=mask, **stacked)

@@ -115,14 +115,18 @@ class GPTConfig:
             kwargs["n_positions"] = fields["n_ctx"]
         return cls(**kwargs)
 
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The config.json that transformers and the hub expect for these weights."""
+    def to_hf_dict(self, eos_token_id: int | None = None) -> dict[str, Any]:
+        """The config.json that transformers and the hub expect for these weights. eos_token_id:
+        the checkpoint's end-of-text token (default: GPT-2's, when the vocabulary has it)."""
         fields = {theirs: getattr(self, ours) for theirs, ours in _USED.items() if ours != "dropout"}
         fields |= {"resid_pdrop": self.dropout, "embd_pdrop": self.dropout, "attn_pdrop": self.dropout}
         fields |= _MUST_EQUAL
         fields |= {"architectures": ["GPT2LMHeadModel"], "n_ctx": self.n_positions}
-        if self.vocab_size > END_OF_TEXT_ID:  # GPT-2's <|endoftext|> starts and ends its documents
-            fields |= {"bos_token_id": END_OF_TEXT_ID, "eos_token_id": END_OF_TEXT_ID}
+        if eos_token_id is None and self.vocab_size > END_OF_TEXT_ID:  # GPT-2's <|endoftext|> starts and ends its documents
+            eos_token_id = END_OF_TEXT_ID
+        if eos_token_id is not None:
+            fields |= {"bos_token_id": check_int("eos_token_id", eos_token_id, 0, self.vocab_size - 1),
+                       "eos_token_id": eos_token_id}
         return fields
 
 

@@ -101,13 +101,19 @@ class KVCache:
         self.values[:, :, :, :n] = self.values[:, rows, :, :n]
         self.mask[:, :n] = self.mask[rows, :n]
 
-    def repeat_rows(self, times: int) -> KVCache:
-        """A new cache whose rows are each old row repeated `times` times: (b ...) -> ((b times) ...)."""
-        check_int("times", times, low=1)
-        check_fits_in_memory(self.nbytes * times, f"a KV cache of {self.batch * times} rows", self.keys.device)
-        grown = KVCache.__new__(KVCache)
-        grown.keys = self.keys.repeat_interleave(times, dim=1)
-        grown.values = self.values.repeat_interleave(times, dim=1)
-        grown.mask = self.mask.repeat_interleave(times, dim=0)
-        grown.length = self.length
-        return grown
+    def take_rows(self, rows: Tensor) -> KVCache:
+        """A new cache whose row i is this cache's row rows[i], any number of rows: (b ...) -> (r ...).
+        Beam search copies a prompt's row to its beams; contrastive search copies each row to its
+        candidates, then keeps the chosen candidate's row."""
+        if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long or len(rows) == 0:
+            raise ValueError(f"take_rows takes a non-empty 1-D long tensor of row indices, got {rows!r:.60}")
+        if bool(((rows < 0) | (rows >= self.batch)).any()):
+            raise ValueError(f"take_rows' row indices must be in [0, {self.batch})")
+        n_layer, _, n_head, max_length, head_dim = self.keys.shape
+        taken = KVCache(n_layer, len(rows), n_head, head_dim, max_length, device=self.keys.device, dtype=self.keys.dtype)
+        n = self.length
+        taken.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
+        taken.values[:, :, :, :n] = self.values[:, rows, :, :n]
+        taken.mask[:, :n] = self.mask[rows, :n]
+        taken.length = n
+        return taken

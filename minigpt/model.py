@@ -10,6 +10,7 @@ v vocabulary, h heads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,6 +54,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.apply(_init_gpt2_weights)
+        # GPT-2 paper, 2.3: the projections that write into the residual stream start smaller, at
+        # 0.02 / sqrt(2 n_layer), so the stream's variance does not grow with depth (each block
+        # adds two of them: attention's and the MLP's). transformers' _init_weights does the same.
+        for name, parameter in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def forward(
         self,
@@ -70,12 +77,31 @@ class GPT(nn.Module):
         out: the cache remembers its padding, and new tokens are taken as real.
         head_mask (n_layer h) scales each head's output; 0 removes a head.
         """
-        return self._run(input_ids, attention_mask, cache, head_mask, only_last, record=False).logits
+        if not isinstance(only_last, bool):
+            raise ValueError(f"only_last must be True or False, got {only_last!r:.40}")
+        hidden = self.final_hidden(input_ids, attention_mask, cache, head_mask)  # (b t d)
+        return self.head(hidden[:, -1:] if only_last else hidden)
+
+    def final_hidden(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        head_mask: Tensor | None = None,
+    ) -> Tensor:
+        """input_ids (b t) -> the last hidden state (b t d), after the final LayerNorm: what the
+        output head reads (contrastive search compares these). Arguments as in `forward`."""
+        return self._run(input_ids, attention_mask, cache, head_mask, record=False)[0]
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """(... d) -> logits (... v): the output head, tied to the token embedding."""
+        return self.wte.unembed(hidden)
 
     def trace(self, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Trace:
         """The forward pass with every hidden state and attention pattern kept (no cache). The last
         hidden state is before the final LayerNorm; `Trace.after_ln_f` is the one after it."""
-        return self._run(input_ids, attention_mask, None, head_mask, only_last=False, record=True)
+        final, hidden_states, attentions = self._run(input_ids, attention_mask, None, head_mask, record=True)
+        return Trace(self.head(final), hidden_states, attentions, final)
 
     def _run(
         self,
@@ -83,11 +109,12 @@ class GPT(nn.Module):
         attention_mask: Tensor | None,
         cache: KVCache | None,
         head_mask: Tensor | None,
-        only_last: bool,
         record: bool,
-    ) -> Trace:
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """tokens -> embeddings -> blocks -> ln_f. Returns ln_f's output (b t d) and, with `record`,
+        the residual stream after each stage and each layer's attention pattern."""
         past = cache.length if isinstance(cache, KVCache) else 0
-        seen = self._check_inputs(input_ids, attention_mask, cache, head_mask, past, only_last)
+        seen = self._check_inputs(input_ids, attention_mask, cache, head_mask, past)
         b, t = input_ids.shape
         device = input_ids.device
 
@@ -121,9 +148,7 @@ class GPT(nn.Module):
                 attentions.append(pattern)
         if cache is not None:
             cache.advance(seen[:, past:])
-
-        x = self.ln_f(x[:, -1:] if only_last else x)
-        return Trace(self.wte.unembed(x), hidden_states, attentions, x)  # the head is tied to wte
+        return self.ln_f(x), hidden_states, attentions
 
     def _check_inputs(
         self,
@@ -132,13 +157,10 @@ class GPT(nn.Module):
         cache: KVCache | None,
         head_mask: Tensor | None,
         past: int,
-        only_last: bool,
     ) -> Tensor | None:
         """Check every argument; returns the attention mask as bool, or None."""
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
-        if not isinstance(only_last, bool):
-            raise ValueError(f"only_last must be True or False, got {only_last!r:.40}")
         if input_ids.device != self.device:
             raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.device}; move one of them")
         b, t = input_ids.shape
@@ -175,7 +197,8 @@ class GPT(nn.Module):
 
 
 def _init_gpt2_weights(module: nn.Module) -> None:
-    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms."""
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms (the residual
+    projections are then drawn again, smaller, in GPT.__init__)."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:

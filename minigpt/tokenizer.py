@@ -25,6 +25,7 @@ from pathlib import Path
 import regex  # GPT-2's pattern needs Unicode classes (\p{L}, \p{N}) that the stdlib `re` lacks
 import torch
 
+from .bpe_trainer import learn_merges
 from .checks import check_readable
 
 # Contractions, then letters, digits, other symbols (each may carry one leading space), then
@@ -126,6 +127,23 @@ class Tokenizer:
                                  f"is not in the vocabulary {vocab_file}")
             merges.append((pair[0], pair[1]))
         return cls(encoder, merges)
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> Tokenizer:
+        """A byte-level BPE learned from `text` (see `bpe_trainer.py`): 256 byte tokens, the most
+        frequent merges, and `<|endoftext|>` as the last id. Any string still round-trips."""
+        encoder, merges = learn_merges(text, vocab_size, GPT2_PATTERN, bytes_to_unicode(), END_OF_TEXT)
+        return cls(encoder, merges)
+
+    def save(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write vocab.json and merges.txt (the files GPT-2 checkpoints carry; `from_files` and
+        transformers' GPT2Tokenizer read them)."""
+        directory = Path(directory)
+        vocab, merges = directory / "vocab.json", directory / "merges.txt"
+        ranked = sorted(self.ranks, key=self.ranks.get)
+        vocab.write_text(json.dumps(self.encoder, ensure_ascii=False), encoding="utf-8")
+        merges.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in ranked), encoding="utf-8")
+        return vocab, merges
 
     # ---- encoding ----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import torch
 import plots
 from common import (SAMPLE_TEXT, Parser, add_model_arguments, add_output_argument, load_model, output_dir, prompt_ids,
                     run, table)
-from minigpt import Tokenizer, analysis
+from minigpt import analysis
 from minigpt.analysis.pruning import kept_heads
 
 
@@ -30,9 +30,8 @@ def parser() -> Parser:
 
 
 def main(args: argparse.Namespace) -> int:
-    model, _, what = load_model(args)
+    model, _, what, tokenizer = load_model(args)
     print(what)
-    tokenizer = Tokenizer.gpt2()
     ids = prompt_ids(tokenizer, args.text, model, "--text")
     if ids.shape[1] > model.config.n_positions:
         raise ValueError(f"--text is {ids.shape[1]} tokens, more than the model's context of {model.config.n_positions}")

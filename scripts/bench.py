@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
+import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -37,15 +40,42 @@ def timed(runs: list, device: str, repeats: int) -> list[float]:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        run()
+        measured = run()  # a run in another process reports its own time (no pipe overhead counted)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return measured if isinstance(measured, float) else time.perf_counter() - start
 
     for run in runs:  # warm-up: allocator, kernels, caches
         run()
     times = [[once(run) for run in runs] for _ in range(repeats)]
     return [statistics.median(column) for column in zip(*times)]
+
+
+class Legacy:
+    """transformers 4.55.4's generate(), in a worker process (tests/reference_455.py --serve)."""
+
+    def __init__(self, directory, threads: int):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from legacy import RUNNER, ensure_installed, environment
+
+        ensure_installed()
+        self.worker = subprocess.Popen([sys.executable, str(RUNNER), "--serve", str(directory), str(threads)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment())
+
+    def run(self, ids: torch.Tensor, new_tokens: int, **kwargs):
+        """A run for `timed`: the worker generates exactly new_tokens tokens (random weights must not
+        stop early) and answers with its own measured seconds."""
+        kwargs |= {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "pad_token_id": 0}
+        case = json.dumps({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "kwargs": kwargs})
+
+        def once() -> float:
+            self.worker.stdin.write(case + "\n")
+            self.worker.stdin.flush()
+            answer = self.worker.stdout.readline()
+            if not answer:
+                raise RuntimeError("the transformers 4.55.4 worker stopped")
+            return float(answer)
+        return once
 
 
 def parser() -> Parser:
@@ -91,6 +121,7 @@ def main(args: argparse.Namespace) -> int:
         return lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, **kw)
 
     one, eight = prompt(1), prompt(8)
+    legacy = Legacy(directory, torch.get_num_threads()) if args.device == "cpu" and dtype == torch.float32 else None
     long = torch.randint(0, c.vocab_size, (1, args.prefill_tokens), generator=g).to(args.device)
     seeded = torch.Generator(device=args.device)
     cases = [  # name, generated tokens per run, how we run it on a model, how transformers runs it
@@ -103,16 +134,28 @@ def main(args: argparse.Namespace) -> int:
         (f"prefill, {args.prefill_tokens} tokens", args.prefill_tokens, lambda m: m(long),
          lambda: theirs(long, use_cache=False)),
     ]
+    if legacy is not None:  # transformers 5.x no longer has these two: the reference is 4.55.4
+        cases += [
+            ("contrastive (a .6, k 4) *", n,
+             lambda m: decoders.contrastive_search(m, one, penalty_alpha=0.6, top_k=4, max_new_tokens=n),
+             legacy.run(one, n, penalty_alpha=0.6, top_k=4)),
+            ("diverse beam (4, 2 groups) *", n,
+             lambda m: decoders.diverse_beam_search(m, one, num_beams=4, num_beam_groups=2, diversity_penalty=1.0,
+                                                    max_new_tokens=n),
+             legacy.run(one, n, num_beams=4, num_beam_groups=2, diversity_penalty=1.0, do_sample=False)),
+        ]
 
     print(f"{args.preset} shape ({c.n_layer} layers, {c.n_embd} wide), random weights; {args.device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; "
           f"median of {args.repeats}; tokens per second, and ratio to transformers")
-    print(f"{'case':<24}{'transformers':>14}" + "".join(f"{name:>18}{'ratio':>7}" for name in models))
+    print(f"{'case':<30}{'transformers':>14}" + "".join(f"{name:>18}{'ratio':>7}" for name in models))
     for name, tokens, ours_on, reference in cases:
         with torch.no_grad():
             t_ref, *t_ours = timed([reference] + [functools.partial(ours_on, m) for m in models.values()],
                                    args.device, args.repeats)
-        print(f"{name:<24}{tokens / t_ref:>14.1f}" + "".join(f"{tokens / t:>18.1f}{t_ref / t:>6.2f}x" for t in t_ours))
+        print(f"{name:<30}{tokens / t_ref:>14.1f}" + "".join(f"{tokens / t:>18.1f}{t_ref / t:>6.2f}x" for t in t_ours))
+    if legacy is not None:
+        print("* against transformers 4.55.4 (in a process of its own), the last release with these decoders")
     cache = ours.new_cache(1, args.prompt_tokens + n)
     per_token = cache.nbytes / cache.max_length
     print(f"\nKV cache: {cache.nbytes / 2**20:.1f} MiB for 1 row x {cache.max_length} positions "

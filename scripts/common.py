@@ -21,9 +21,10 @@ from typing import Callable, NoReturn
 
 import torch
 
+import decoders
 from minigpt import GPT, GPTConfig, Tokenizer, pack_for_cpu
 from minigpt.checks import check_device
-from weights import find_cached, load_gpt2, locate, save_gpt2
+from weights import find_cached, load_gpt2, load_tokenizer, locate, save_gpt2
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -92,23 +93,35 @@ for _type, _name in ((positive_int, "integer"), (non_negative_int, "integer"), (
 
 # ---- the model ----------------------------------------------------------------------------------
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", help="checkpoint directory or hub name (gpt2, gpt2-medium, ...); "
-                        "default: gpt2 from the Hugging Face cache if it is there, else random weights")
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "shakespeare"  # the small model trained on Shakespeare
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default: str = "shipped") -> None:
+    """default: "shipped" (the Shakespeare model in weights/shakespeare), or "gpt2" (gpt2 from the
+    Hugging Face cache if it is there, else a random-weight GPT-2 124M: what verify compares)."""
+    described = {"shipped": f"the Shakespeare model in {SHIPPED.parent.name}/{SHIPPED.name}",
+                 "gpt2": "gpt2 from the Hugging Face cache if it is there, else random weights"}[default]
+    parser.set_defaults(default_weights=default)
+    parser.add_argument("--weights", help=f"checkpoint directory or hub name (gpt2, gpt2-medium, ...); default: {described}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--pack", action="store_true", help="CPU float32: pack the weights for oneDNN "
                         "(pack_for_cpu), the same model 1.3-2x faster at decoding")
 
 
-def load_model(args: argparse.Namespace) -> tuple[GPT, Path, str]:
-    """The model the arguments ask for, its checkpoint directory, and a line that says what it is."""
+def load_model(args: argparse.Namespace) -> tuple[GPT, Path, str, Tokenizer]:
+    """The model the arguments ask for, its checkpoint directory, a line that says what it is, and
+    its tokenizer."""
     option(check_device, "--device", args.device)
     directory, what = checkpoint_from(args)
     model = option(load_gpt2, "--weights", directory, device=args.device, dtype=DTYPES[args.dtype])
+    # A checkpoint without tokenizer files is read with GPT-2's: its prompt ids are checked against
+    # the model's vocabulary later (prompt_ids), so a mismatch is an error there, naming --prompt.
+    own = (directory / "vocab.json").exists() or (directory / "merges.txt").exists()
+    tokenizer = option(load_tokenizer, "--weights", directory) if own else Tokenizer.gpt2()
     if args.pack:
-        return option(pack_for_cpu, "--pack", model), directory, what + " (packed for CPU)"
-    return model, directory, what
+        return option(pack_for_cpu, "--pack", model), directory, what + " (packed for CPU)", tokenizer
+    return model, directory, what, tokenizer
 
 
 def option(function: Callable, flag: str, *args, **kwargs):
@@ -132,6 +145,10 @@ def checkpoint_from(args: argparse.Namespace) -> tuple[Path, str]:
     if args.weights is not None:  # --weights "" is a mistake, not a request for random weights
         directory = option(locate, "--weights", args.weights)
         return directory, f"weights: {directory}"
+    if args.default_weights == "shipped":
+        if not (SHIPPED / "config.json").is_file():
+            raise ValueError(f"--weights: the shipped model is missing from {SHIPPED}; give a checkpoint")
+        return SHIPPED, f"weights: the Shakespeare model ({SHIPPED})"
     cached = find_cached("gpt2")
     if cached is not None:
         return cached, f"weights: gpt2 from the Hugging Face cache ({cached})"
@@ -152,7 +169,7 @@ def prompt_ids(tokenizer: Tokenizer, text: str, model: GPT, flag: str = "--promp
     vocab = model.config.vocab_size
     if max(ids) >= vocab:
         raise ValueError(f"{flag} holds token id {max(ids)}, outside this checkpoint's vocabulary of {vocab} "
-                         "tokens (its tokenizer is not GPT-2's)")
+                         "tokens (the tokenizer has more tokens than the model: the checkpoint carries no tokenizer of its own?)")
     return torch.tensor([ids], device=model.device)
 
 
@@ -160,9 +177,15 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=positive_int, default=40)
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seeds the sampling generator")
     parser.add_argument("--temperature", type=finite_float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0 is off (transformers defaults to 50 when sampling)")
+    parser.add_argument("--top-k", type=int, default=None, help="sampling: keep the k likeliest (default 0, off; "
+                        "transformers uses 50); contrastive search: candidates per step (default 4)")
     parser.add_argument("--top-p", type=finite_float, default=1.0)
+    parser.add_argument("--min-p", type=finite_float, default=0.0)
+    parser.add_argument("--typical-p", type=finite_float, default=1.0)
+    parser.add_argument("--penalty-alpha", type=finite_float, default=0.6, help="contrastive search's degeneration penalty")
     parser.add_argument("--num-beams", type=int, default=4)
+    parser.add_argument("--num-beam-groups", type=int, default=2, help="diverse beam search")
+    parser.add_argument("--diversity-penalty", type=finite_float, default=1.0, help="diverse beam search")
     parser.add_argument("--length-penalty", type=finite_float, default=1.0)
     parser.add_argument("--early-stopping", choices=["true", "false", "never"], default="false")
     parser.add_argument("--num-return-sequences", type=int, default=1)
@@ -202,6 +225,29 @@ def shared_options(args: argparse.Namespace, eos: int | list[int] | None) -> dic
 
 def early_stopping(value: str) -> bool | str:
     return {"true": True, "false": False, "never": "never"}[value]
+
+
+def run_decoder(name: str, args: argparse.Namespace, model: GPT, ids: torch.Tensor, options: dict, **extra):
+    """The decoder the scripts call `name` (greedy, beam, diverse, sample, contrastive) with the
+    options the arguments give; `extra` (on_token, say) goes to the decoder too."""
+    beams = dict(num_beams=args.num_beams, length_penalty=args.length_penalty,
+                 early_stopping=early_stopping(args.early_stopping), num_return_sequences=args.num_return_sequences)
+    if name == "greedy":
+        return decoders.greedy(model, ids, **options, **extra)
+    if name == "beam":
+        return decoders.beam_search(model, ids, **beams, **options, **extra)
+    if name == "diverse":
+        return decoders.diverse_beam_search(model, ids, num_beam_groups=args.num_beam_groups,
+                                            diversity_penalty=args.diversity_penalty, **beams, **options, **extra)
+    if name == "contrastive":
+        return decoders.contrastive_search(model, ids, penalty_alpha=args.penalty_alpha,
+                                           top_k=4 if args.top_k is None else args.top_k, **options, **extra)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p, min_p=args.min_p,
+                    typical_p=args.typical_p, generator=torch.Generator(device=args.device).manual_seed(args.seed))
+    return decoders.sample(model, ids, **(sampling | extra), **options)
+
+
+DECODER_NAMES = ["greedy", "beam", "diverse", "sample", "contrastive"]
 
 
 # ---- the analysis scripts --------------------------------------------------------------------

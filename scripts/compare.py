@@ -2,7 +2,7 @@
 """Run the decoders side by side on one prompt: the text, its log-probability under the model,
 and how repetitive it is (the share of distinct n-grams; 1.0 means no n-gram repeats).
 
-    python scripts/compare.py --prompt "The meaning of life is" --max-new-tokens 60
+    python scripts/compare.py --prompt "ROMEO:" --max-new-tokens 60
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 import decoders
-from common import (Parser, add_decoder_arguments, add_model_arguments, early_stopping, eos_token_id, load_model,
-                    prompt_ids, run, shared_options)
-from minigpt import Tokenizer
+from common import (Parser, add_decoder_arguments, add_model_arguments, eos_token_id, load_model, prompt_ids, run,
+                    run_decoder, shared_options)
 
 
 def distinct(tokens: list[int], n: int) -> float:
@@ -32,24 +29,26 @@ def parser() -> Parser:
 
 
 def main(args: argparse.Namespace) -> int:
-    model, directory, what = load_model(args)
+    model, directory, what, tokenizer = load_model(args)
     print(what)
-    tokenizer = Tokenizer.gpt2()
     ids = prompt_ids(tokenizer, args.prompt, model)
     options = shared_options(args, eos_token_id(args, directory, model))
 
-    def seeded() -> torch.Generator:
-        return torch.Generator(device=args.device).manual_seed(args.seed)
-
+    args.num_return_sequences = 1  # one text per decoder
+    top_k = args.top_k or 50
     runs = {
-        "greedy": lambda: decoders.greedy(model, ids, **options),
-        f"beam search ({args.num_beams} beams)": lambda: decoders.beam_search(
-            model, ids, num_beams=args.num_beams, length_penalty=args.length_penalty,
-            early_stopping=early_stopping(args.early_stopping), **options),
-        f"sampling (T={args.temperature})": lambda: decoders.sample(model, ids, temperature=args.temperature,
-                                                                    generator=seeded(), **options),
-        "top-k sampling (k=50)": lambda: decoders.sample(model, ids, top_k=50, generator=seeded(), **options),
-        "nucleus sampling (p=0.9)": lambda: decoders.sample(model, ids, top_p=0.9, generator=seeded(), **options),
+        "greedy": lambda: run_decoder("greedy", args, model, ids, options),
+        f"beam search ({args.num_beams} beams)": lambda: run_decoder("beam", args, model, ids, options),
+        f"diverse beam search ({args.num_beams} beams, {args.num_beam_groups} groups, penalty {args.diversity_penalty})":
+            lambda: run_decoder("diverse", args, model, ids, options),
+        f"contrastive search (alpha {args.penalty_alpha}, k {args.top_k or 4})":
+            lambda: run_decoder("contrastive", args, model, ids, options),
+        f"sampling (T={args.temperature})": lambda: run_decoder("sample", args, model, ids, options, top_k=0, top_p=1.0,
+                                                                min_p=0.0, typical_p=1.0),
+        f"top-k sampling (k={top_k})": lambda: run_decoder("sample", args, model, ids, options, top_k=top_k),
+        "nucleus sampling (p=0.9)": lambda: run_decoder("sample", args, model, ids, options, top_p=0.9),
+        "min-p sampling (p=0.1)": lambda: run_decoder("sample", args, model, ids, options, min_p=0.1),
+        "typical sampling (p=0.9)": lambda: run_decoder("sample", args, model, ids, options, typical_p=0.9),
     }
     print(f"prompt: {args.prompt!r}\n")
     for name, run in runs.items():

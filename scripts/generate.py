@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Generate text with one decoder, streaming the tokens as they come (greedy and sampling).
+"""Generate text with one decoder, streaming the tokens as they come (greedy, sampling, contrastive).
 
-    python scripts/generate.py --prompt "Once upon a time" --decoder sample --top-p 0.9 --seed 1
-    python scripts/generate.py --weights gpt2-medium --prompt "..." --decoder beam --num-beams 5
+    python scripts/generate.py --prompt "ROMEO:" --decoder sample --top-p 0.9 --seed 1
+    python scripts/generate.py --prompt "ROMEO:" --decoder contrastive --penalty-alpha 0.6 --top-k 4
+    python scripts/generate.py --weights gpt2-medium --prompt "..." --decoder diverse --num-beams 4
 """
 
 from __future__ import annotations
@@ -13,26 +14,23 @@ import sys
 
 import torch
 
-import decoders
-from common import (Parser, add_decoder_arguments, add_model_arguments, early_stopping, eos_token_id, load_model,
-                    prompt_ids, run, shared_options)
-from minigpt import Tokenizer
+from common import (DECODER_NAMES, Parser, add_decoder_arguments, add_model_arguments, eos_token_id, load_model,
+                    prompt_ids, run, run_decoder, shared_options)
 
 
 def parser() -> Parser:
     parser = Parser(__doc__)
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--decoder", choices=["greedy", "beam", "sample"], default="greedy")
+    parser.add_argument("--decoder", choices=DECODER_NAMES, default="greedy")
     add_decoder_arguments(parser)
     parser.add_argument("--choices", action="store_true", help="print the choices-per-step table afterwards")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    model, directory, what = load_model(args)
+    model, directory, what, tokenizer = load_model(args)
     print(what, file=sys.stderr)
-    tokenizer = Tokenizer.gpt2()
     ids = prompt_ids(tokenizer, args.prompt, model)
     eos = eos_token_id(args, directory, model)
     options = shared_options(args, eos)
@@ -49,21 +47,15 @@ def main(args: argparse.Namespace) -> int:
         if eos is None or token not in (eos if isinstance(eos, list) else [eos]):
             print(text.decode(tokenizer.decode_bytes([token])), end="", flush=True)
 
-    if args.decoder == "greedy":
-        out = decoders.greedy(model, ids, on_token=stream, **options)
-    elif args.decoder == "sample":
-        generator = torch.Generator(device=args.device).manual_seed(args.seed)
-        out = decoders.sample(model, ids, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              generator=generator, on_token=stream, **options)
-    else:
-        out = decoders.beam_search(model, ids, num_beams=args.num_beams, length_penalty=args.length_penalty,
-                                   early_stopping=early_stopping(args.early_stopping),
-                                   num_return_sequences=args.num_return_sequences, **options)
+    if args.decoder in ("beam", "diverse"):  # ranked at the end: nothing to stream
+        out = run_decoder(args.decoder, args, model, ids, options)
         print(args.prompt, end="")
         for row in range(out.sequences.shape[0]):
             new = out.new_tokens[row, : int(out.new_lengths[row])]
             label = f"\n[beam {row}, score {float(out.sequence_scores[row]):.3f}] " if row else ""
             print(label + tokenizer.decode(new), end="")
+    else:
+        out = run_decoder(args.decoder, args, model, ids, options, on_token=stream)
     print(text.decode(b"", final=True))
     if args.choices:
         print(out.choices(0, tokenizer.decode))

@@ -38,9 +38,9 @@ def parser() -> Parser:
 def main(args: argparse.Namespace) -> int:
     if not 0 < args.fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
-    model, _, what = load_model(args)
+    model, _, what, tokenizer = load_model(args)
     print(what)
-    batches = text_batches(args, model)
+    batches = text_batches(args, model, tokenizer)
     c = model.config
     tokens = sum(int(analysis.predicted(ids).sum()) for ids, _ in batches)
     print(f"text: {tokens + len(batches)} tokens in {len(batches)} block(s) of up to {batches[0][0].shape[1]}\n")
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def text_batches(args: argparse.Namespace, model: GPT) -> Batches:
+def text_batches(args: argparse.Namespace, model: GPT, tokenizer: Tokenizer) -> Batches:
     """The text as rows of --block tokens (the last may be shorter), each row its own batch."""
     if args.text_file is None:
         text, flag = SAMPLE_TEXT, "the sample text"
@@ -83,7 +83,7 @@ def text_batches(args: argparse.Namespace, model: GPT) -> Batches:
             text, flag = Path(args.text_file).read_text(encoding="utf-8"), "--text-file"
         except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"--text-file {args.text_file}: {getattr(err, 'strerror', None) or err}") from None
-    ids = prompt_ids(Tokenizer.gpt2(), text, model, flag)[0]
+    ids = prompt_ids(tokenizer, text, model, flag)[0]
     block = min(args.block, model.config.n_positions)
     rows = [ids[start : start + block] for start in range(0, len(ids), block)]
     rows = [row for row in rows if len(row) >= 2]  # a row of one token predicts nothing

@@ -18,7 +18,6 @@ import torch
 
 import decoders
 from common import DTYPES, Parser, add_model_arguments, load_model, positive_int, run
-from minigpt import Tokenizer
 
 PROMPT = "The history of natural language processing generally started in the 1950s, when"
 TOLERANCE = {  # max |Δ| allowed, and why
@@ -30,7 +29,7 @@ TOLERANCE = {  # max |Δ| allowed, and why
 
 def parser() -> Parser:
     parser = Parser(__doc__)
-    add_model_arguments(parser)
+    add_model_arguments(parser, default="gpt2")
     parser.add_argument("--new-tokens", type=positive_int, default=20, help="greedy tokens to compare")
     return parser
 
@@ -43,16 +42,15 @@ def main(args: argparse.Namespace) -> int:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
-    ours, directory, what = load_model(args)
+    ours, directory, what, tokenizer = load_model(args)
     dtype = DTYPES[args.dtype]
     tolerance, reason = TOLERANCE[dtype]
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
-    tokenizer = Tokenizer.gpt2()
     ids = torch.tensor([tokenizer.encode(PROMPT)], device=args.device)
     if ids.shape[1] + args.new_tokens > ours.config.n_positions:
         raise ValueError(f"--new-tokens {args.new_tokens} after the {ids.shape[1]}-token prompt exceeds this "
                          f"checkpoint's context of {ours.config.n_positions} positions")
-    if int(ids.max()) >= ours.config.vocab_size:  # a checkpoint with a smaller vocabulary than GPT-2's
+    if int(ids.max()) >= ours.config.vocab_size:  # a checkpoint without a tokenizer and a smaller vocabulary
         ids = ids.clamp(max=ours.config.vocab_size - 1)
         print(f"note: prompt ids above {ours.config.vocab_size - 1} were clamped to fit this vocabulary")
 
@@ -84,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
                                  eos_token_id=None, pad_token_id=0)
     same_tokens = torch.equal(mine, ref_tokens)
     print(f"greedy, {args.new_tokens} new tokens: {'identical' if same_tokens else 'DIFFERENT'}")
-    if c.vocab_size == 50257:
+    if tokenizer.vocab_size == c.vocab_size:  # the tokenizer speaks this model's vocabulary
         text = tokenizer.decode(mine[0, ids.shape[1]:])
         print(f"text identical: {text == tokenizer.decode(ref_tokens[0, ids.shape[1]:])}: {text!r}")
     ok = all(diff <= tolerance for _, diff in rows) and same_tokens

@@ -205,3 +205,16 @@ def test_save_refuses_what_it_must_not_write(checkpoint, tmp_path):
     refused(lambda: save_gpt2(model, a_file), "it exists and is not a directory")
     refused(lambda: save_gpt2(gpt2_block(TINY), tmp_path / "new"), "save_gpt2 saves a minigpt GPT, got TransformerBlock")
     refused(lambda: save_gpt2(model, ""), "save_gpt2 needs a directory path")
+
+
+def test_a_checkpoints_tokenizer_is_its_own_or_gpt2s_and_never_a_guess(checkpoint, tmp_path):
+    from minigpt import Tokenizer
+    from weights import load_tokenizer
+    refused(lambda: load_tokenizer(checkpoint), "no vocab.json and merges.txt, and its vocabulary of 101 tokens is not GPT-2's")
+    learned = Tokenizer.train("the cat sat on the mat " * 20, 265)
+    learned.save(checkpoint)
+    assert load_tokenizer(checkpoint).encode("the mat") == learned.encode("the mat")
+    (checkpoint / "merges.txt").unlink()
+    refused(lambda: load_tokenizer(checkpoint), "tokenizer file not found: .*merges.txt")
+    full = save_gpt2(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=4, vocab_size=50257, n_positions=8)), tmp_path / "full")
+    assert load_tokenizer(full).encode("Hello world") == [15496, 995]  # GPT-2's, for GPT-2's vocabulary

@@ -22,12 +22,18 @@ DECODERS = {
     "greedy": lambda m, **kw: decoders.greedy(m, PROMPT, **({"max_new_tokens": 3} | kw)),
     "sample": lambda m, **kw: decoders.sample(m, PROMPT, **({"max_new_tokens": 3} | kw)),
     "beam_search": lambda m, **kw: decoders.beam_search(m, PROMPT, **({"max_new_tokens": 3, "num_beams": 2} | kw)),
+    "contrastive_search": lambda m, **kw: decoders.contrastive_search(
+        m, PROMPT, **({"max_new_tokens": 3, "penalty_alpha": 0.5, "top_k": 3} | kw)),
+    "diverse_beam_search": lambda m, **kw: decoders.diverse_beam_search(
+        m, PROMPT, **({"max_new_tokens": 3, "num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0} | kw)),
 }
-FLOAT_OPTIONS = [("greedy", "repetition_penalty"), ("sample", "temperature"), ("sample", "top_p"),
+FLOAT_OPTIONS = [("greedy", "repetition_penalty"), ("sample", "temperature"), ("sample", "top_p"), ("sample", "min_p"),
+                 ("sample", "typical_p"), ("contrastive_search", "penalty_alpha"), ("diverse_beam_search", "diversity_penalty"),
                  ("sample", "repetition_penalty"), ("beam_search", "length_penalty"), ("beam_search", "repetition_penalty")]
 INT_OPTIONS = [(name, option) for name in DECODERS
                for option in ("max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "eos_token_id", "pad_token_id")]
-INT_OPTIONS += [("sample", "top_k"), ("beam_search", "num_beams"), ("beam_search", "num_return_sequences")]
+INT_OPTIONS += [("sample", "top_k"), ("beam_search", "num_beams"), ("beam_search", "num_return_sequences"),
+                ("sample", "num_return_sequences"), ("contrastive_search", "top_k"), ("diverse_beam_search", "num_beam_groups")]
 
 
 def model():
@@ -111,6 +117,24 @@ def test_any_mask_value_but_0_and_1_is_refused(decoder, value):
     (lambda m: decoders.sequence_logprob(m, PROMPT, True), "prompt_length must be an integer"),
     (lambda m: decoders.sequence_logprob(m, PROMPT, 1, attention_mask=torch.full((1, 3), 2)), "only 0 and 1"),
     (lambda m: decoders.greedy(m, PROMPT, max_new_tokens=2).choices(row=5), r"row must be in \[0, 0\], got 5"),
+    (lambda m: decoders.diverse_beam_search(m, PROMPT, num_beams=5, num_beam_groups=2, diversity_penalty=1.0,
+                                            max_new_tokens=3), r"num_beams \(5\) must be divisible by num_beam_groups \(2\)"),
+    (lambda m: decoders.diverse_beam_search(m, PROMPT, num_beams=2, num_beam_groups=3, diversity_penalty=1.0,
+                                            max_new_tokens=3), r"num_beam_groups must be in \[1, 2\], got 3"),
+    (lambda m: decoders.diverse_beam_search(m, PROMPT, num_beams=4, num_beam_groups=2, diversity_penalty=-0.5,
+                                            max_new_tokens=3), r"diversity_penalty must be in \[0, inf\), got -0.5"),
+    (lambda m: decoders.diverse_beam_search(m, PROMPT, num_beams=4, num_beam_groups=2, diversity_penalty=math.nan,
+                                            max_new_tokens=3), "diversity_penalty must be finite"),
+    (lambda m: decoders.contrastive_search(m, PROMPT, penalty_alpha=1.5, top_k=4, max_new_tokens=3),
+     r"penalty_alpha must be in \[0, 1\], got 1.5"),
+    (lambda m: decoders.contrastive_search(m, PROMPT, penalty_alpha=-0.1, top_k=4, max_new_tokens=3), "penalty_alpha must be in"),
+    (lambda m: decoders.contrastive_search(m, PROMPT, penalty_alpha=0.6, top_k=0, max_new_tokens=3),
+     r"top_k must be in \[1, 64\], got 0"),
+    (lambda m: decoders.sample(m, PROMPT, max_new_tokens=3, min_p=1.5), r"min_p must be in \[0, 1\], got 1.5"),
+    (lambda m: decoders.sample(m, PROMPT, max_new_tokens=3, min_p=-0.1), r"min_p must be in \[0, 1\]"),
+    (lambda m: decoders.sample(m, PROMPT, max_new_tokens=3, typical_p=0.0), r"typical_p must be in \(0, 1\], got 0"),
+    (lambda m: decoders.sample(m, PROMPT, max_new_tokens=3, typical_p=1.2), r"typical_p must be in \(0, 1\]"),
+    (lambda m: decoders.sample(m, PROMPT, max_new_tokens=3, num_return_sequences=0), r"num_return_sequences must be in \[1, inf\)"),
 ])
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):

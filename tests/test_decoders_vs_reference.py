@@ -102,8 +102,12 @@ def test_beam_search_options_equal_generate(seed, options, ours):
     {"temperature": 1.0, "top_k": 0, "top_p": 0.8},
     {"temperature": 0.9, "top_k": 10, "top_p": 0.9, "repetition_penalty": 1.2, "no_repeat_ngram_size": 2},
     {"temperature": 2.0, "top_k": 0, "top_p": 0.95, "min_new_tokens": 6},
+    {"top_k": 0, "min_p": 0.1}, {"top_k": 0, "min_p": 0.3, "temperature": 1.5}, {"top_k": 0, "typical_p": 0.5},
+    {"top_k": 20, "typical_p": 0.9}, {"top_k": 0, "min_p": 0.05, "typical_p": 0.8, "top_p": 0.95},
+    {"top_k": 0, "num_return_sequences": 3}, {"top_k": 0, "num_return_sequences": 2, "top_p": 0.9},
 ])
 def test_seeded_sampling_equals_generate(seed, options, ours):
+    """Also min-p, typical-p and several samples per prompt, against the pinned transformers (5.x)."""
     ids, mask = prompts(20 + seed)
     eos = frequent_token(ids, mask)
     mine = decoders.sample(ours, ids, attention_mask=mask, max_new_tokens=15, eos_token_id=eos, pad_token_id=PAD,

@@ -54,7 +54,7 @@ CALLS += [
     ("KVCache(dtype=)", lambda value: KVCache(1, 1, 1, 1, 1, dtype=value)),
     ("KVCache(device=)", lambda value: KVCache(1, 1, 1, 1, 1, device=value)),
     ("cache.reorder(rows)", lambda value: models()[0].new_cache(2, 4).reorder(value)),
-    ("cache.repeat_rows(times)", lambda value: models()[0].new_cache(2, 4).repeat_rows(value)),
+    ("cache.take_rows(rows)", lambda value: models()[0].new_cache(2, 4).take_rows(value)),
     ("sequence_logprob(sequences)", lambda value: decoders.sequence_logprob(models()[0], value, 1)),
     ("sequence_logprob(prompt_length)", lambda value: decoders.sequence_logprob(models()[0], prompts(0)[0], value)),
     ("Generation.choices(row)", lambda value: decoders.greedy(models()[0], prompts(0)[0], max_new_tokens=2).choices(value)),

@@ -52,7 +52,8 @@ def test_verify_passes(checkpoint, packed):
     assert "PASS" in out and "top-1 agreement over" in out and "greedy, 5 new tokens: identical" in out
 
 
-@pytest.mark.parametrize("decoder, packed", [("greedy", []), ("sample", []), ("beam", []), ("greedy", ["--pack"])])
+@pytest.mark.parametrize("decoder, packed", [("greedy", []), ("sample", []), ("beam", []), ("diverse", []),
+                                             ("contrastive", []), ("greedy", ["--pack"])])
 def test_generate_streams_text(checkpoint, decoder, packed):
     out = run("generate.py", "--weights", str(checkpoint), "--prompt", "Hello there", "--decoder", decoder, *packed,
               "--max-new-tokens", "6", "--num-return-sequences", "2" if decoder == "beam" else "1", "--choices")
@@ -61,14 +62,16 @@ def test_generate_streams_text(checkpoint, decoder, packed):
 
 def test_compare_prints_every_decoder(checkpoint):
     out = run("compare.py", "--weights", str(checkpoint), "--prompt", "Hello there", "--max-new-tokens", "6")
-    for name in ("greedy", "beam search", "top-k sampling", "nucleus sampling"):
+    for name in ("greedy", "beam search", "diverse beam search", "contrastive search", "top-k sampling",
+                 "nucleus sampling", "min-p sampling", "typical sampling"):
         assert f"== {name}" in out
     assert "distinct 1/2/3-grams" in out
 
 
 def test_bench_prints_ratios():
     out = run("bench.py", "--preset", "tiny", "--new-tokens", "4", "--repeats", "1", "--prefill-tokens", "16")
-    assert out.count("x\n") == 5 and "KV cache" in out
+    assert out.count("x\n") == 7 and "KV cache" in out
+    assert "contrastive (a .6, k 4) *" in out and "against transformers 4.55.4" in out
     assert "minigpt  ratio" in out and "minigpt, packed  ratio" in out
 
 

@@ -16,12 +16,16 @@ from torch import Tensor, nn
 
 from minigpt.block import gpt2_block
 from minigpt.checks import check_device, check_dtype, check_fits_in_memory, few
-from minigpt.config import GPTConfig
+from minigpt.config import END_OF_TEXT_ID, GPTConfig
 from minigpt.model import GPT
+from minigpt.tokenizer import Tokenizer
 
 from .locate import checkpoint_root, locate
 from .names import check_public, ours_to_public, public_to_ours, wanted
 from .safetensors_io import SINGLE_FILE, confined, list_tensors, read_tensors, write_file
+
+
+GPT2_VOCABULARY = END_OF_TEXT_ID + 1
 
 
 def load_gpt2(
@@ -57,6 +61,22 @@ def load_gpt2(
     return model.to(device).eval()
 
 
+def load_tokenizer(source: str | os.PathLike) -> Tokenizer:
+    """A checkpoint's own tokenizer (vocab.json and merges.txt beside its weights, as the hub's GPT-2
+    checkpoints and `scripts/train.py` write them), or GPT-2's for a checkpoint of GPT-2's
+    vocabulary size that carries none."""
+    directory = locate(source)
+    vocab, merges = directory / "vocab.json", directory / "merges.txt"
+    if vocab.exists() or merges.exists():
+        root = checkpoint_root(directory)
+        return Tokenizer.from_files(confined(vocab, root, "vocab.json"), confined(merges, root, "merges.txt"))
+    config = GPTConfig.from_json(confined(directory / "config.json", checkpoint_root(directory), "config.json"))
+    if config.vocab_size != GPT2_VOCABULARY:
+        raise ValueError(f"{directory} has no vocab.json and merges.txt, and its vocabulary of {config.vocab_size} "
+                         f"tokens is not GPT-2's ({GPT2_VOCABULARY}): which tokenizer it needs is unknown")
+    return Tokenizer.gpt2()
+
+
 def convert(tensors: dict[str, Tensor], dtype: torch.dtype, where: str) -> dict[str, Tensor]:
     """Each tensor in `dtype`, checked after the conversion: a weight finite on disk can overflow
     a narrower type (float32 above 65504 becomes inf in float16), and one inf makes every logit NaN."""
@@ -85,9 +105,11 @@ def _check_same_parameters(model: GPT, state: dict[str, Tensor]) -> None:
                          f"checkpoint only: {few(extra)}; {'; '.join(misshapen[:3]) or 'no shape differs'}")
 
 
-def save_gpt2(model: GPT, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_gpt2(model: GPT, directory: str | os.PathLike, *, eos_token_id: int | None = None,
+              overwrite: bool = False) -> Path:
     """Write config.json and model.safetensors in the hub's public layout; load_gpt2 reads it back
-    bit-exactly. An existing checkpoint in `directory` is replaced only with overwrite=True."""
+    bit-exactly. eos_token_id goes into config.json (default: GPT-2's, if the vocabulary has it).
+    An existing checkpoint in `directory` is replaced only with overwrite=True."""
     if not isinstance(model, GPT):
         raise ValueError(f"save_gpt2 saves a minigpt GPT, got {type(model).__name__}")
     if not isinstance(directory, (str, os.PathLike)) or str(directory) == "":
@@ -107,7 +129,7 @@ def save_gpt2(model: GPT, directory: str | os.PathLike, *, overwrite: bool = Fal
     public = ours_to_public(model.state_dict(), config.n_layer, config.n_positions)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        written[0].write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+        written[0].write_text(json.dumps(config.to_hf_dict(eos_token_id), indent=2) + "\n", encoding="utf-8")
         write_file(public, written[1])
     except OSError as err:
         raise ValueError(f"cannot write the checkpoint into {directory}: {err.strerror or err}") from None

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Training speed: minigpt's GPT and transformers' GPT2LMHeadModel trained by the same loop
+(`minigpt.training.train`), the same shape and data, taking turns; tokens per second, their
+ratio, and the share of this CPU's peak each reaches.
+
+    python scripts/bench_train.py                 # the shipped Shakespeare model's shape
+    python scripts/bench_train.py --steps 10 --rounds 2
+
+The peak is measured, not taken from a datasheet: the best of a few large square matrix
+products (torch.mm) in the same dtype, which is what the machine's BLAS reaches at best.
+FLOPs per token follow the PaLM paper's count (appendix B): 6 x parameters + 12 x layers x
+width x context for the attention scores, forward and backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from common import Parser, positive_int, run
+from minigpt import GPT, GPTConfig
+from minigpt.training import TokenWindows, TrainConfig, train
+
+
+class Logits(nn.Module):
+    """transformers' GPT2LMHeadModel behind the call our loop makes: ids -> logits."""
+
+    def __init__(self, reference: nn.Module):
+        super().__init__()
+        self.reference = reference
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.reference(ids).logits
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def parser() -> Parser:
+    parser = Parser(__doc__)
+    parser.add_argument("--n-layer", type=positive_int, default=4)
+    parser.add_argument("--n-head", type=positive_int, default=4)
+    parser.add_argument("--n-embd", type=positive_int, default=160)
+    parser.add_argument("--vocab-size", type=positive_int, default=2048)
+    parser.add_argument("--block", type=positive_int, default=256)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--steps", type=positive_int, default=20, help="steps per turn (the first 3 of each are warm-up)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="turns each model takes")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    warnings.filterwarnings("ignore")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    if args.n_embd % args.n_head:
+        raise ValueError(f"--n-embd ({args.n_embd}) must be divisible by --n-head ({args.n_head})")
+    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
+                       n_positions=args.block)
+    tokens = torch.randint(0, args.vocab_size, (200_000,), generator=torch.Generator().manual_seed(0))
+    held_out = TokenWindows(tokens[:2 * args.block + 1], args.block, seed=0)
+    parameters = None
+    print(f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, vocabulary {config.vocab_size}, "
+          f"context {args.block}; batch {args.batch}; {torch.get_num_threads()} threads; median tokens/s over "
+          f"{args.rounds} turns of {args.steps} steps\n")
+    print(f"{'dtype':<10}{'transformers':>14}{'minigpt':>10}{'ratio':>7}{'GFLOP/s':>10}{'peak GFLOP/s':>14}{'share':>7}")
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        ours = GPT(config)
+        theirs = Logits(GPT2LMHeadModel(GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                                   vocab_size=config.vocab_size, n_positions=args.block,
+                                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)))
+        parameters = sum(p.numel() for p in ours.parameters())
+        speeds = {"ours": [], "theirs": []}
+        loop = TrainConfig(steps=args.steps, batch=args.batch, warmup=1, eval_every=10**9, save_every=10**9, dtype=dtype)
+        for turn in range(args.rounds):
+            for name, model in (("theirs", theirs), ("ours", ours)):
+                data = TokenWindows(tokens, args.block, seed=turn)
+                records: list[dict] = []
+                train(model, data, held_out, loop, report=records.append)
+                speeds[name] += [r["tokens_per_s"] for r in records[3:]]  # the first steps warm up
+        theirs_speed, ours_speed = statistics.median(speeds["theirs"]), statistics.median(speeds["ours"])
+        per_token = 6 * parameters + 12 * config.n_layer * config.n_embd * args.block
+        achieved = ours_speed * per_token / 1e9
+        peak = gemm_peak(torch.float32 if dtype == "float32" else torch.bfloat16) / 1e9
+        print(f"{dtype:<10}{theirs_speed:>14,.0f}{ours_speed:>10,.0f}{ours_speed / theirs_speed:>6.2f}x"
+              f"{achieved:>10.1f}{peak:>14.1f}{achieved / peak:>7.0%}")
+    print(f"\n{parameters:,} parameters; {6 * parameters + 12 * config.n_layer * config.n_embd * args.block:,} "
+          "FLOPs per token (forward and backward)")
+    return 0
+
+
+def gemm_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` (size x size) @ (size x size) products in `dtype`."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up
+    best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, parser()))
