@@ -65,17 +65,20 @@ def main(args: argparse.Namespace) -> int:
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out}: {err.strerror or err}") from None
+    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
+                       n_positions=args.block, dropout=args.dropout)  # checked before any work is done
     torch.manual_seed(args.seed)
     train_text, held_out_text, where = corpus(args)
-    tokenizer = option(tokenizer_for, "--vocab-size", train_text, args, out)
+    tokenizer = tokenizer_for(train_text, args, out)
     eot = tokenizer.eot_id
     train_ids, held_ids = (torch.tensor(stream(tokenizer, text)) for text in (train_text, held_out_text))
     print(f"corpus: {where}; {len(train_ids):,} training and {len(held_ids):,} held-out tokens "
           f"(vocabulary {tokenizer.vocab_size})")
 
-    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=tokenizer.vocab_size,
-                       n_positions=args.block, dropout=args.dropout)
     model = GPT(config).to(args.device)
     loop = TrainConfig(steps=args.steps, batch=args.batch, accumulate=args.accumulate, lr=args.lr, min_lr=args.min_lr,
                        warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
@@ -119,7 +122,12 @@ def corpus(args: argparse.Namespace) -> tuple[str, str, str]:
 def tokenizer_for(text: str, args: argparse.Namespace, out: Path) -> Tokenizer:
     """A resumed run keeps the tokenizer it was started with; a new run learns one and saves it."""
     if args.resume:
-        return Tokenizer.from_files(out / "vocab.json", out / "merges.txt")
+        if not (out / "vocab.json").is_file() or not (out / "merges.txt").is_file():
+            raise ValueError(f"--resume: {out} holds no tokenizer (vocab.json, merges.txt): nothing to resume")
+        tokenizer = Tokenizer.from_files(out / "vocab.json", out / "merges.txt")
+        if tokenizer.vocab_size != args.vocab_size:
+            raise ValueError(f"--resume: the run in {out} has a vocabulary of {tokenizer.vocab_size}, not --vocab-size {args.vocab_size}")
+        return tokenizer
     tokenizer = Tokenizer.train(text, args.vocab_size)
     tokenizer.save(out)
     return tokenizer

@@ -24,6 +24,13 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 40)
+    return path
+
+
+@pytest.fixture(scope="module")
 def small_vocabulary(tmp_path_factory):
     """A checkpoint whose vocabulary (101 tokens) lacks GPT-2's <|endoftext|> (50256), though its
     config names it as EOS."""
@@ -114,14 +121,26 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("heads.py", [W, "{ckpt}", "--fraction", "0"], "--fraction must be in (0, 1], got 0.0"),
     ("heads.py", [W, "{ckpt}", "--rounds", "0"], "argument --rounds: must be an integer >= 1"),
     ("heads.py", [W, "{ckpt}", "--pack"], "packed weights are for inference"),
+    ("train.py", ["--out", "{ckpt}/config.json"], "--out "),
+    ("train.py", ["--text-file", "/nonexistent.txt"], "--text-file /nonexistent.txt: No such file"),
+    ("train.py", ["--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
+    ("train.py", ["--device", "banana"], "--device: device 'banana' is not a device name"),
+    ("train.py", ["--n-embd", "10", "--n-head", "3", "--text-file", "{text}"], "--n-embd (10) must be divisible by --n-head (3)"),
+    ("train.py", ["--vocab-size", "100", "--text-file", "{text}"], "--vocab-size must be in [257, inf), got 100"),
+    ("train.py", ["--vocab-size", "5000", "--text-file", "{text}"], "only enough distinct pairs for a vocabulary of"),
+    ("train.py", ["--resume", "--out", "{empty}", "--text-file", "{text}"], "--resume: "),
+    ("train.py", ["--steps", "0"], "argument --steps: must be an integer >= 1"),
+    ("bench_train.py", ["--n-embd", "10", "--n-head", "3"], "--n-embd (10) must be divisible by --n-head (3)"),
 ]
 if not torch.cuda.is_available():
     BAD_ARGUMENTS.append(("generate.py", [W, "{ckpt}", "--prompt", "hi", "--device", "cuda"], "CUDA is not available"))
 
 
 @pytest.mark.parametrize("script, arguments, expected", BAD_ARGUMENTS)
-def test_a_user_error_is_one_error_line_and_exit_status_2(checkpoint, small_vocabulary, script, arguments, expected):
-    filled = [a.format(ckpt=checkpoint, tiny=small_vocabulary) if isinstance(a, str) else a for a in arguments]
+def test_a_user_error_is_one_error_line_and_exit_status_2(checkpoint, small_vocabulary, text_file, tmp_path, script,
+                                                         arguments, expected):
+    places = dict(ckpt=checkpoint, tiny=small_vocabulary, text=text_file, empty=tmp_path)
+    filled = [a.format(**places) if isinstance(a, str) else a for a in arguments]
     done = launch(script, *filled)
     err = done.stderr.decode(errors="replace")
     assert done.returncode == 2, err
@@ -165,3 +184,15 @@ def test_without_matplotlib_the_scripts_print_tables_and_say_how_to_get_pictures
     out = run("attention.py", "--weights", str(four_heads), "--out-dir", str(tmp_path), env=env)
     assert "attention entropy (nats)" in out and 'pip install -e ".[plot]"' in out
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_train_writes_a_checkpoint_generate_reads_and_resumes(text_file, tmp_path):
+    out = tmp_path / "model"
+    common = ["--text-file", str(text_file), "--out", str(out), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+              "--block", "32", "--vocab-size", "300", "--batch", "4", "--eval-every", "5", "--save-every", "5"]
+    printed = run("train.py", *common, "--steps", "10")
+    assert "held out:" in printed and "bits/byte" in printed and "unigram baseline" in printed
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "training.json"} <= {p.name for p in out.iterdir()}
+    assert run("generate.py", "--weights", str(out), "--prompt", "To be", "--max-new-tokens", "5").startswith("To be")
+    done = launch("train.py", *common, "--steps", "12", "--resume")  # other settings than the saved state
+    assert done.returncode == 2 and b"it was trained with other settings (steps)" in done.stderr
