@@ -16,14 +16,6 @@ settings.register_profile(
 settings.load_profile("minigpt")
 
 
-def pytest_configure(config):
-    """Build the transformers 4.55.4 reference once, in the controller, before any worker starts."""
-    if not hasattr(config, "workerinput"):
-        from legacy import ensure_installed
-
-        ensure_installed()
-
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
