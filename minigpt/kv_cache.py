@@ -38,8 +38,8 @@ class KVCache:
         dtype = check_dtype(dtype)
         device = check_device("cpu" if device is None else device)
         shape = (n_layer, batch, n_head, max_length, head_dim)
-        element = dtype.itemsize
-        check_fits_in_memory(2 * math.prod(shape) * element, f"a KV cache of {batch} rows x {max_length} positions", device)
+        check_fits_in_memory(2 * math.prod(shape) * dtype.itemsize, f"a KV cache of {batch} rows x {max_length} positions",
+                             device)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.mask = torch.zeros(batch, max_length, device=device, dtype=torch.bool)  # True: a real token
@@ -92,28 +92,29 @@ class KVCache:
 
     def reorder(self, rows: Tensor) -> None:
         """Row i becomes old row rows[i] (beam search keeps the beams it chose)."""
-        if not isinstance(rows, Tensor) or rows.shape != (self.batch,) or rows.dtype != torch.long:
+        if not isinstance(rows, Tensor) or rows.shape != (self.batch,):
             raise ValueError(f"reorder takes a long tensor of {self.batch} row indices, got {rows!r:.60}")
-        if bool(((rows < 0) | (rows >= self.batch)).any()):
-            raise ValueError(f"reorder's row indices must be in [0, {self.batch})")
-        n = self.length
-        self.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
-        self.values[:, :, :, :n] = self.values[:, rows, :, :n]
-        self.mask[:, :n] = self.mask[rows, :n]
+        self._gather_rows(rows, self, "reorder's")
 
     def take_rows(self, rows: Tensor) -> KVCache:
         """A new cache whose row i is this cache's row rows[i], any number of rows: (b ...) -> (r ...).
         Beam search copies a prompt's row to its beams; contrastive search copies each row to its
         candidates, then keeps the chosen candidate's row."""
-        if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long or len(rows) == 0:
+        if not isinstance(rows, Tensor) or rows.dim() != 1 or len(rows) == 0:
             raise ValueError(f"take_rows takes a non-empty 1-D long tensor of row indices, got {rows!r:.60}")
-        if bool(((rows < 0) | (rows >= self.batch)).any()):
-            raise ValueError(f"take_rows' row indices must be in [0, {self.batch})")
         n_layer, _, n_head, max_length, head_dim = self.keys.shape
         taken = KVCache(n_layer, len(rows), n_head, head_dim, max_length, device=self.keys.device, dtype=self.keys.dtype)
-        n = self.length
-        taken.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
-        taken.values[:, :, :, :n] = self.values[:, rows, :, :n]
-        taken.mask[:, :n] = self.mask[rows, :n]
-        taken.length = n
+        self._gather_rows(rows, taken, "take_rows'")
         return taken
+
+    def _gather_rows(self, rows: Tensor, into: KVCache, caller: str) -> None:
+        """into's row i := this cache's row rows[i], over the filled positions."""
+        if rows.dtype != torch.long:
+            raise ValueError(f"{caller} row indices must be a long tensor, got dtype {rows.dtype}")
+        if bool(((rows < 0) | (rows >= self.batch)).any()):
+            raise ValueError(f"{caller} row indices must be in [0, {self.batch})")
+        n = self.length
+        into.keys[:, :, :, :n] = self.keys[:, rows, :, :n]  # gathered first, so into may be self
+        into.values[:, :, :, :n] = self.values[:, rows, :, :n]
+        into.mask[:, :n] = self.mask[rows, :n]
+        into.length = n
