@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from minigpt.checks import check_float, check_int, check_mask, check_token_id, check_token_ids
+from minigpt.checks import check_float, check_int, check_token_id, check_token_ids, real_tokens
 from minigpt.model import GPT
 
 ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
@@ -102,11 +102,7 @@ def check_prompt(model, input_ids: Tensor, attention_mask: Tensor | None, max_ne
             f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"context of {context} positions; shorten one (nothing is truncated for you)"
         )
-    if input_ids.device != model.device:
-        raise ValueError(f"input_ids is on {input_ids.device} but the model is on {model.device}; move one of them")
-    if attention_mask is None:
-        return torch.ones_like(input_ids, dtype=torch.bool)
-    mask = check_mask("attention_mask", attention_mask, tuple(input_ids.shape)).to(input_ids.device)
+    mask = real_tokens(input_ids, attention_mask)
     if not bool(mask[:, -1].all()):
         raise ValueError("attention_mask must be left-padded: every row's last column must be a real token")
     return mask
@@ -166,8 +162,7 @@ def sequence_logprob(model, sequences: Tensor, prompt_length: int, attention_mas
     if prompt_length >= sequences.shape[1]:
         raise ValueError(f"sequences has {sequences.shape[1]} columns, so a prompt of prompt_length={prompt_length} "
                          "leaves no continuation to score")
-    mask = torch.ones_like(sequences) if attention_mask is None else (
-        check_mask("attention_mask", attention_mask, tuple(sequences.shape)).to(sequences.device).long())
+    mask = real_tokens(sequences, attention_mask).long()
     logits = model(sequences, attention_mask=mask)  # (n t v)
     logprobs = logits[:, prompt_length - 1 : -1].float().log_softmax(dim=-1)  # predictions of the new tokens
     targets = sequences[:, prompt_length:]

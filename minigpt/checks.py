@@ -82,6 +82,14 @@ def check_mask(name: str, mask: object, shape: tuple[int, ...]) -> Tensor:
     return mask
 
 
+def real_tokens(input_ids: Tensor, attention_mask: object) -> Tensor:
+    """(b t) bool: which positions hold real tokens: the checked attention_mask, or all of them
+    when there is none. input_ids must already be checked to be a (batch, time) tensor."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    return check_mask("attention_mask", attention_mask, tuple(input_ids.shape)).to(input_ids.device)
+
+
 def check_finite_tensor(name: str, value: object, shape: tuple[int, ...]) -> Tensor:
     """A floating-point tensor of the given shape with no NaN or inf."""
     if not isinstance(value, Tensor):

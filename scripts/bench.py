@@ -36,18 +36,18 @@ def timed(runs: list, device: str, repeats: int) -> list[float]:
     """Median seconds of each run. The runs take turns (a, b, c, a, b, c, ...) so that a change
     in the machine's load during the measurement falls on all of them alike."""
 
-    def once(run) -> float:
+    def once(job) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        measured = run()  # a run in another process reports its own time (no pipe overhead counted)
+        measured = job()  # a job in another process reports its own time (no pipe overhead counted)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return measured if isinstance(measured, float) else time.perf_counter() - start
 
-    for run in runs:  # warm-up: allocator, kernels, caches
-        run()
-    times = [[once(run) for run in runs] for _ in range(repeats)]
+    for job in runs:  # warm-up: allocator, kernels, caches
+        job()
+    times = [[once(job) for job in runs] for _ in range(repeats)]
     return [statistics.median(column) for column in zip(*times)]
 
 

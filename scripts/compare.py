@@ -51,8 +51,8 @@ def main(args: argparse.Namespace) -> int:
         "typical sampling (p=0.9)": lambda: run_decoder("sample", args, model, ids, options, typical_p=0.9),
     }
     print(f"prompt: {args.prompt!r}\n")
-    for name, run in runs.items():
-        out = run()
+    for name, decode in runs.items():
+        out = decode()
         new = out.new_tokens[0, : int(out.new_lengths[0])].tolist()
         logp = float(decoders.sequence_logprob(model, out.sequences[:1], out.prompt_length, out.attention_mask[:1]))
         print(f"== {name}")

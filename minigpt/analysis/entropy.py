@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..checks import check_mask
+from ..checks import real_tokens
 from ..model import GPT
 from .pruning import kept_heads
 
@@ -20,8 +20,7 @@ def attention_entropy(model: GPT, input_ids: Tensor, attention_mask: Tensor | No
     """(n_layer, n_head): each head's attention entropy in nats, averaged over real query positions
     (padding queries left out), with 0·log 0 = 0. A pruned head's entry is NaN: it has no attention."""
     trace = model.trace(input_ids, attention_mask)  # checks the inputs
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else (
-        check_mask("attention_mask", attention_mask, tuple(input_ids.shape)).to(input_ids.device))
+    real = real_tokens(input_ids, attention_mask)
     c = model.config
     entropy = torch.full((c.n_layer, c.n_head), float("nan"), device=input_ids.device)
     for layer, pattern in enumerate(trace.attentions):  # (b h t s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..checks import check_mask
+from ..checks import real_tokens
 from ..model import GPT
 
 
@@ -21,8 +21,7 @@ def predicted(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor
         raise ValueError(f"input_ids must be a (batch, time) tensor of token ids, got {type(input_ids).__name__}")
     if input_ids.shape[1] < 2:
         raise ValueError(f"input_ids has {input_ids.shape[1]} column(s): a loss needs at least two tokens per row")
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else (
-        check_mask("attention_mask", attention_mask, tuple(input_ids.shape)).to(input_ids.device))
+    mask = real_tokens(input_ids, attention_mask)
     counted = mask[:, :-1] & mask[:, 1:]
     if not bool(counted.any()):
         raise ValueError("no row has two real tokens in a row: there is nothing to predict")
