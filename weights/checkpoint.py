@@ -48,7 +48,7 @@ def load_gpt2(
         raise ValueError(f"make_block must be a function GPTConfig -> block, got {type(make_block).__name__}")
     directory = locate(source)
     root = checkpoint_root(directory)
-    config = GPTConfig.from_json(confined(directory / "config.json", root, "config.json"))
+    config = read_config(directory, root)
     listing, where = list_tensors(directory, root)
     check_public(listing, config, where)
     check_fits_in_memory(config.parameter_count * dtype.itemsize, f"{where} ({config.parameter_count:,} parameters)")
@@ -66,15 +66,20 @@ def load_tokenizer(source: str | os.PathLike) -> Tokenizer:
     checkpoints and `scripts/train.py` write them), or GPT-2's for a checkpoint of GPT-2's
     vocabulary size that carries none."""
     directory = locate(source)
+    root = checkpoint_root(directory)
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     if vocab.exists() or merges.exists():
-        root = checkpoint_root(directory)
         return Tokenizer.from_files(confined(vocab, root, "vocab.json"), confined(merges, root, "merges.txt"))
-    config = GPTConfig.from_json(confined(directory / "config.json", checkpoint_root(directory), "config.json"))
+    config = read_config(directory, root)
     if config.vocab_size != GPT2_VOCABULARY:
         raise ValueError(f"{directory} has no vocab.json and merges.txt, and its vocabulary of {config.vocab_size} "
                          f"tokens is not GPT-2's ({GPT2_VOCABULARY}): which tokenizer it needs is unknown")
     return Tokenizer.gpt2()
+
+
+def read_config(directory: Path, root: Path) -> GPTConfig:
+    """The checkpoint's config.json, which must lie inside its root like every file it reads."""
+    return GPTConfig.from_json(confined(directory / "config.json", root, "config.json"))
 
 
 def convert(tensors: dict[str, Tensor], dtype: torch.dtype, where: str) -> dict[str, Tensor]:

@@ -56,8 +56,8 @@ def _header(path: Path) -> dict[str, StoredTensor]:
     check_readable(path, "weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {key: StoredTensor(path, f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape()))
-                    for key in f.keys()}
+            slices = {key: f.get_slice(key) for key in f.keys()}  # a slice reads its header entry, not the data
+            return {key: StoredTensor(path, part.get_dtype(), tuple(part.get_shape())) for key, part in slices.items()}
     except (SafetensorError, OSError, RuntimeError) as err:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}") from None
 
