@@ -276,14 +276,18 @@ def output_dir(args: argparse.Namespace) -> Path:
 
 
 def progress(items: list, label: str):
-    """Yield the items, drawing `label [#####.....] 5/10` on stderr as each one finishes."""
-    total = len(items)
+    """Yield the items, drawing `label 5/10 [#####.....]` on stderr as each one finishes."""
     sys.stdout.flush()  # what was printed before comes before the bar
     for done, item in enumerate(items, start=1):
         yield item
-        filled = round(20 * done / total)
-        print(f"\r{label} [{'#' * filled}{'.' * (20 - filled)}] {done}/{total}", end="", file=sys.stderr, flush=True)
+        draw_bar(label, done, len(items))
     print(file=sys.stderr)
+
+
+def draw_bar(label: str, done: int, total: int, after: str = "") -> None:
+    """Redraw the progress line on stderr: `label 5/10 [##########..........] after`."""
+    filled = round(20 * done / total)
+    print(f"\r{label} {done}/{total} [{'#' * filled}{'.' * (20 - filled)}] {after}", end="", file=sys.stderr, flush=True)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

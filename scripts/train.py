@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import Parser, finite_float, non_negative_int, option, positive_int, run
+from common import Parser, draw_bar, finite_float, non_negative_int, option, positive_int, run
 from minigpt import GPT, GPTConfig, Tokenizer
 from minigpt.checks import check_device
 from minigpt.training import TokenWindows, TrainConfig, shakespeare, split_by_play, train
@@ -153,9 +153,8 @@ class Progress:
 
     def __call__(self, record: dict) -> None:
         step = record["step"]
-        filled = round(20 * step / self.steps)
-        print(f"\rstep {step}/{self.steps} [{'#' * filled}{'.' * (20 - filled)}] loss {record['loss']:.3f} "
-              f"lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s", end="", file=sys.stderr, flush=True)
+        draw_bar("step", step, self.steps, f"loss {record['loss']:.3f} lr {record['lr']:.2e} "
+                 f"{record['tokens_per_s']:,.0f} tok/s")
         if "held_out" in record:
             print(f"\nstep {step}: training loss {record['loss']:.3f}, held-out {record['held_out']:.3f} nats/token",
                   flush=True)
