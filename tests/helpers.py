@@ -10,6 +10,8 @@ our reader against the layouts found in the wild:
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -102,3 +104,23 @@ def reference_and_ours(config: GPTConfig, layout: str, tmp_path: Path, seed: int
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def fake_hub_cache(cache, checkpoint, repo, commit="0123abcd"):
+    """The real hub cache layout: snapshot files are links into the model's blobs/ folder."""
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    (repo_dir / "blobs").mkdir(parents=True)
+    (repo_dir / "snapshots" / commit).mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        blob = repo_dir / "blobs" / f"blob-{file.name}"
+        shutil.copy(file, blob)
+        (repo_dir / "snapshots" / commit / file.name).symlink_to(os.path.relpath(blob, repo_dir / "snapshots" / commit))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return repo_dir
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """The position ids a left-padded batch needs in transformers' plain forward (counted over
+    real tokens), which minigpt derives from the mask itself."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import decoders
-from helpers import max_abs_diff, reference_and_ours
+from helpers import max_abs_diff, positions, reference_and_ours
 from minigpt import GPT, GPTConfig, analysis, pack_for_cpu
 from weights import save_gpt2
 
@@ -39,10 +39,6 @@ def padded_batch(seed: int = 0, lengths=(9, 5, 7)):
     for row, n in enumerate(lengths):
         mask[row, width - n :] = 1
     return ids, mask
-
-
-def positions(mask):
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def reference_labels(ids, mask):

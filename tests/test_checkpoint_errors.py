@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import random_reference, write_checkpoint
+from helpers import fake_hub_cache, random_reference, write_checkpoint
 from minigpt import GPT, GPTConfig, gpt2_block
 from weights import load_gpt2, save_gpt2
 
@@ -91,20 +91,6 @@ def test_symlink_out_of_the_checkpoint_is_refused(checkpoint, tmp_path, file):
     shutil.move(checkpoint / file, elsewhere)
     (checkpoint / file).symlink_to(elsewhere)
     refused(lambda: load_gpt2(checkpoint), rf"{file} points outside the checkpoint")
-
-
-def fake_hub_cache(cache, checkpoint, repo, commit="0123abcd"):
-    """The real hub cache layout: snapshot files are links into the model's blobs/ folder."""
-    repo_dir = cache / ("models--" + repo.replace("/", "--"))
-    (repo_dir / "blobs").mkdir(parents=True)
-    (repo_dir / "snapshots" / commit).mkdir(parents=True)
-    for file in checkpoint.iterdir():
-        blob = repo_dir / "blobs" / f"blob-{file.name}"
-        shutil.copy(file, blob)
-        (repo_dir / "snapshots" / commit / file.name).symlink_to(os.path.relpath(blob, repo_dir / "snapshots" / commit))
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    return repo_dir
 
 
 def test_hub_cache_links_into_blobs_are_inside_the_checkpoint(checkpoint, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import torch
 import decoders
 from decoders import processors
 from decoding_models import PAD, models, prompts
+from helpers import positions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +42,7 @@ def test_a_left_padded_row_gets_its_own_logits_in_the_plain_forward():
         alone = ours(ids[row : row + 1, real])[0]
         assert (ours(ids, attention_mask=mask)[row, real] - alone).abs().max() <= 1e-5
         theirs_plain = reference(ids, attention_mask=mask).logits[row, real]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        theirs_positioned = reference(ids, attention_mask=mask, position_ids=positions).logits[row, real]
+        theirs_positioned = reference(ids, attention_mask=mask, position_ids=positions(mask)).logits[row, real]
     assert (theirs_plain - alone).abs().max() > 1e-2
     assert (theirs_positioned - alone).abs().max() <= 1e-5
 

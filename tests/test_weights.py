@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import LAYOUTS, max_abs_diff, random_reference, write_checkpoint
+from helpers import LAYOUTS, fake_hub_cache, max_abs_diff, random_reference, write_checkpoint
 from minigpt import GPT, GPTConfig
 from weights import load_gpt2, save_gpt2
 
@@ -153,24 +153,17 @@ def test_only_safetensors_are_read_never_pickles(checkpoint):
         load_gpt2(checkpoint)
 
 
-def _fake_hub_cache(cache, checkpoint, repo):
-    repo_dir = cache / ("models--" + repo.replace("/", "--"))
-    shutil.copytree(checkpoint, repo_dir / "snapshots" / "abc123")
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text("abc123")
-
-
 @pytest.mark.parametrize("asked, stored", [("gpt2", "openai-community/gpt2"), ("distilgpt2", "distilgpt2"),
                                            ("openai-community/gpt2-medium", "gpt2-medium")])
 def test_hub_names_are_found_in_the_cache_under_either_name(asked, stored, checkpoint, tmp_path, monkeypatch):
-    _fake_hub_cache(tmp_path / "hub", checkpoint, stored)
+    fake_hub_cache(tmp_path / "hub", checkpoint, stored)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.chdir(tmp_path)  # so that no local folder named like the model is found instead
     assert load_gpt2(asked).config == TINY
 
 
 def test_hf_home_is_respected(checkpoint, tmp_path, monkeypatch):
-    _fake_hub_cache(tmp_path / "home" / "hub", checkpoint, "openai-community/gpt2")
+    fake_hub_cache(tmp_path / "home" / "hub", checkpoint, "openai-community/gpt2")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
