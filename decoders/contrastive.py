@@ -93,10 +93,10 @@ def contrastive_search(
     in [0, 1] weighs the degeneration penalty against the model's confidence; top_k >= 1 candidates
     are run ahead each step, so a step costs a forward of b * top_k rows. Padding and stopping as in greedy.
     """
-    check_float("penalty_alpha", penalty_alpha, 0.0, 1.0)
-    check_int("top_k", top_k, 1, getattr(getattr(model, "config", None), "vocab_size", None))
     eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
                              no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    check_float("penalty_alpha", penalty_alpha, 0.0, 1.0)
+    check_int("top_k", top_k, 1, model.config.vocab_size)
     processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
                        eos_ids=eos)
     return token_loop(model, input_ids, step=ContrastiveStep(model, penalty_alpha, top_k), processors=processors,

@@ -30,8 +30,8 @@ def greedy(
 
     Equals `transformers` `generate(do_sample=False, num_beams=1)` with the same options. A row
     stops at eos_token_id (or at any of a list of them) and is then padded with pad_token_id
-    (default: the first EOS id); decoding stops when every row has stopped. Prompts of different lengths are left-padded, with
-    attention_mask marking the real tokens. Each step remembers its `alternatives` likeliest
+    (default: the first EOS id); decoding stops when every row has stopped. Prompts of different
+    lengths are left-padded, with attention_mask marking the real tokens. Each step remembers its `alternatives` likeliest
     tokens, and with keep_logprobs=True its whole log-probability row (`Generation.step_logprobs`).
     """
     eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,

@@ -2,7 +2,8 @@
 
 They mirror transformers' `generation/logits_process.py` and run in its order (`chain`):
 repetition penalty, n-gram blocking, minimum length, then, when sampling, temperature, top-k,
-top-p, min-p, typical-p. Diverse beam search subtracts its Hamming penalty before all of them. History-based ones take the tokens so far (b n) and `real` (b n), False on left padding,
+top-p, min-p, typical-p. Diverse beam search subtracts its Hamming penalty before all of them.
+History-based ones take the tokens so far (b n) and `real` (b n), False on left padding,
 so padding never changes a row's answer.
 """
 
