@@ -208,8 +208,7 @@ def beam_search(
                                       step + 1, max_new_tokens)
         if not bool(improvable.any()) or bool(ends.all()):
             break
-        logits = model(running.tokens[:, :, search.prompt_length + step].reshape(b * k, 1), cache=cache,
-                       only_last=True)[:, -1]
+        logits = model.next_logits(running.tokens[:, :, search.prompt_length + step].reshape(b * k), cache)
     return search.result(pool, num_return_sequences)
 
 

@@ -100,7 +100,7 @@ def diverse_beam_search(
         if not any(bool(i.any()) for i in improvable) or step == max_new_tokens - 1:
             break
         next_tokens = torch.stack([r.tokens[:, :, at + step] for r in running], dim=1)  # (b groups s)
-        logits = model(next_tokens.reshape(b * num_beams, 1), cache=cache, only_last=True)[:, -1]
+        logits = model.next_logits(next_tokens.reshape(b * num_beams), cache)
     pool = pools[0]
     for other in pools[1:]:
         pool = pool.joined(other)  # (b, groups * s): the best of every group's pool compete

@@ -44,7 +44,7 @@ class FeedBack:
         return self.pick(processed)
 
     def advance(self, tokens: Tensor) -> Tensor:
-        return self.model(tokens[:, None], cache=self.cache, only_last=True)[:, -1]
+        return self.model.next_logits(tokens, self.cache)
 
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients

@@ -1,11 +1,18 @@
-"""A key/value cache, preallocated to the length a generation needs and written by position.
+"""A key/value cache, preallocated once per generation and written at slots held in a tensor.
 
 Decoding one token at a time recomputes nothing: each layer's keys and values for the positions
-already seen are kept here, and a step only computes the new position's. The cache also keeps the
-padding mask of every cached position, so a left-padded batch can decode without the caller
-carrying the mask along. It is passed in explicitly: `model(ids, cache=cache)`.
+already seen are kept here, and a step only computes the new position's. The cache is the one
+owner of "where does this step go": `append` claims the next slots for the new positions and
+records which of them are real tokens (so a left-padded batch decodes without the caller carrying
+its mask along); each layer then writes its keys and values at those slots (`writer`).
 
-Layout: keys and values are (layer, b, h, max_length, d); `length` positions are filled.
+Everything a step reads or writes has the same shape every step, and the count of filled slots
+(`end`) is a tensor on the cache's device: a decoding step never reads a number back to the host,
+so it can be compiled as one graph (and captured as a CUDA graph). Attention runs over all L
+slots; the slots not yet written are simply not real, so no query sees them.
+
+Layout: keys and values (layer b h L d); real (b L); L = max_length slots. Passed in explicitly:
+`model(ids, cache=cache)`.
 """
 
 from __future__ import annotations
@@ -42,16 +49,15 @@ class KVCache:
                              device)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.mask = torch.zeros(batch, max_length, device=device, dtype=torch.bool)  # True: a real token
-        self.length = 0
+        self.real = torch.zeros(batch, max_length, device=device, dtype=torch.bool)  # True: a real token was written there
+        self.end = torch.zeros((), device=device, dtype=torch.long)  # slots filled so far, kept on the device
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch: int, max_length: int) -> KVCache:
         """A cache shaped for `model`, on its device and in its dtype."""
         c = model.config
         check_int("max_length", max_length, 1, c.n_positions)  # more positions than the model has embeddings for
-        weight = model.wte.weight
-        return cls(c.n_layer, batch, c.n_head, c.head_dim, max_length, device=weight.device, dtype=weight.dtype)
+        return cls(c.n_layer, batch, c.n_head, c.head_dim, max_length, device=model.device, dtype=model.dtype)
 
     @property
     def batch(self) -> int:
@@ -62,33 +68,34 @@ class KVCache:
         return self.keys.shape[3]
 
     @property
+    def length(self) -> int:
+        """Slots filled so far. Reads `end` back to the host: for checks, never inside a decoding step."""
+        return int(self.end)
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the preallocated keys, values and mask."""
-        return sum(t.element_size() * t.nelement() for t in (self.keys, self.values, self.mask))
+        return sum(t.element_size() * t.nelement() for t in (self.keys, self.values, self.real))
 
-    def writer(self, layer: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """The function layer `layer` calls with its new keys and values (b h t d)."""
-        return partial(self._write, layer)
+    def append(self, new_real: Tensor) -> tuple[Tensor, Tensor]:
+        """Claim the next t slots for t new positions; new_real (b t) says which hold real tokens.
+        Returns every slot's mask (b L), the new ones included, and the claimed slots (t)."""
+        slots = self.end + torch.arange(new_real.shape[1], device=self.end.device)  # (t)
+        self.real.index_copy_(1, slots, new_real)
+        self.end += new_real.shape[1]
+        return self.real, slots
 
-    def _write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # A layer with pruned heads writes fewer than n_head: it uses the first h slots.
-        h, end = k.shape[1], self.length + k.shape[2]
-        self.keys[layer, :, :h, self.length : end] = k
-        self.values[layer, :, :h, self.length : end] = v
-        return self.keys[layer, :, :h, :end], self.values[layer, :, :h, :end]  # (b h s d), s = end
+    def writer(self, layer: int, slots: Tensor) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """The function layer `layer` calls with its new keys and values (b h t d): it writes them at
+        `slots` (from `append`) and returns that layer's keys and values at every slot (b h L d)."""
+        return partial(self._write, layer, slots)
 
-    def check_room(self, new: int) -> None:
-        if self.length + new > self.max_length:
-            raise ValueError(
-                f"KVCache is full: it holds {self.length} of max_length={self.max_length} positions "
-                f"and cannot take {new} more"
-            )
-
-    def advance(self, new_mask: Tensor) -> None:
-        """Called by the model after every layer has written: the new positions are now cached."""
-        end = self.length + new_mask.shape[1]
-        self.mask[:, self.length : end] = new_mask
-        self.length = end
+    def _write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # A layer with pruned heads computes fewer than n_head: it uses the first h head slots.
+        keys, values = self.keys[layer, :, : k.shape[1]], self.values[layer, :, : k.shape[1]]  # (b h L d) views
+        keys.index_copy_(2, slots, k)
+        values.index_copy_(2, slots, v)
+        return keys, values
 
     def reorder(self, rows: Tensor) -> None:
         """Row i becomes old row rows[i] (beam search keeps the beams it chose)."""
@@ -108,13 +115,12 @@ class KVCache:
         return taken
 
     def _gather_rows(self, rows: Tensor, into: KVCache, caller: str) -> None:
-        """into's row i := this cache's row rows[i], over the filled positions."""
+        """into's row i := this cache's row rows[i], every slot."""
         if rows.dtype != torch.long:
             raise ValueError(f"{caller} row indices must be a long tensor, got dtype {rows.dtype}")
         if bool(((rows < 0) | (rows >= self.batch)).any()):
             raise ValueError(f"{caller} row indices must be in [0, {self.batch})")
-        n = self.length
-        into.keys[:, :, :, :n] = self.keys[:, rows, :, :n]  # gathered first, so into may be self
-        into.values[:, :, :, :n] = self.values[:, rows, :, :n]
-        into.mask[:, :n] = self.mask[rows, :n]
-        into.length = n
+        into.keys.copy_(self.keys[:, rows])  # gathered first, so into may be self
+        into.values.copy_(self.values[:, rows])
+        into.real.copy_(self.real[rows])
+        into.end.copy_(self.end)

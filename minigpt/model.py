@@ -91,7 +91,8 @@ class GPT(nn.Module):
     ) -> Tensor:
         """input_ids (b t) -> the last hidden state (b t d), after the final LayerNorm: what the
         output head reads (contrastive search compares these). Arguments as in `forward`."""
-        return self._run(input_ids, attention_mask, cache, head_mask, record=False)[0]
+        real = self._check_inputs(input_ids, attention_mask, cache, head_mask)
+        return self._run(input_ids, real, cache, head_mask, record=False)[0]
 
     def head(self, hidden: Tensor) -> Tensor:
         """(... d) -> logits (... v): the output head, tied to the token embedding."""
@@ -100,42 +101,38 @@ class GPT(nn.Module):
     def trace(self, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Trace:
         """The forward pass with every hidden state and attention pattern kept (no cache). The last
         hidden state is before the final LayerNorm; `Trace.after_ln_f` is the one after it."""
-        final, hidden_states, attentions = self._run(input_ids, attention_mask, None, head_mask, record=True)
+        real = self._check_inputs(input_ids, attention_mask, None, head_mask)
+        final, hidden_states, attentions = self._run(input_ids, real, None, head_mask, record=True)
         return Trace(self.head(final), hidden_states, attentions, final)
+
+    def next_logits(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """One decoding step: tokens (b), the token each row just chose -> the logits (b v) of the
+        position after it. Unchecked, because the decoders call it with tokens they chose
+        themselves: it reads nothing back to the host, so `minigpt.fast` can compile it as one graph."""
+        new_real = torch.ones_like(tokens, dtype=torch.bool)[:, None]  # (b 1): a chosen token is real
+        return self.head(self._run(tokens[:, None], new_real, cache, None, record=False)[0][:, -1])
 
     def _run(
         self,
         input_ids: Tensor,
-        attention_mask: Tensor | None,
+        real: Tensor,
         cache: KVCache | None,
         head_mask: Tensor | None,
         record: bool,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """tokens -> embeddings -> blocks -> ln_f. Returns ln_f's output (b t d) and, with `record`,
-        the residual stream after each stage and each layer's attention pattern."""
-        past = cache.length if isinstance(cache, KVCache) else 0
-        seen = self._check_inputs(input_ids, attention_mask, cache, head_mask, past)
-        b, t = input_ids.shape
-        device = input_ids.device
-
-        # Which of the s = past + t positions hold real tokens, and the position of each new token.
-        if seen is None:
-            new = torch.ones(b, t, dtype=torch.bool, device=device)
-            seen = torch.cat([cache.mask[:, :past], new], dim=1) if cache is not None else new
-        positions = (seen.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (b t), padding counts nothing
-
-        # Query i (at absolute position past + i) may see key j when j is not in its future and j
-        # is a real token. A left-padding query sees no real token, so it may see itself: an
-        # all-masked softmax row would be NaN, and its output is discarded anyway.
-        query_at = torch.arange(past, past + t, device=device)[:, None]  # (t 1)
-        key_at = torch.arange(past + t, device=device)[None, :]  # (1 s)
-        allowed = (key_at <= query_at) & seen[:, None, :]  # (b t s)
-        allowed = (allowed | (key_at == query_at))[:, None]  # (b 1 t s), broadcast over heads
+        """tokens -> embeddings -> blocks -> ln_f. real (b t): which of the new positions hold real
+        tokens. Returns ln_f's output (b t d) and, with `record`, the residual stream after each
+        stage and each layer's attention pattern."""
+        if cache is None:
+            slots = torch.arange(input_ids.shape[1], device=input_ids.device)  # (t): the positions are the input's own
+        else:
+            real, slots = cache.append(real)  # the cache places the new positions: real is now (b L), every slot
+        positions, allowed = visibility(real, slots)
 
         x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (b t d)
         hidden_states, attentions = [x], []
         for layer, block in enumerate(self.blocks):
-            kv = cache.writer(layer) if cache is not None else None
+            kv = cache.writer(layer, slots) if cache is not None else None
             scale = head_mask[layer] if head_mask is not None else None
             x, pattern = block(x, allowed, kv, scale)
             if record:
@@ -146,8 +143,6 @@ class GPT(nn.Module):
                     )
                 hidden_states.append(x)
                 attentions.append(pattern)
-        if cache is not None:
-            cache.advance(seen[:, past:])
         return self.ln_f(x), hidden_states, attentions
 
     def _check_inputs(
@@ -156,33 +151,35 @@ class GPT(nn.Module):
         attention_mask: Tensor | None,
         cache: KVCache | None,
         head_mask: Tensor | None,
-        past: int,
-    ) -> Tensor | None:
-        """Check every argument; returns the attention mask as bool, or None."""
+    ) -> Tensor:
+        """Check every argument; returns which of the new positions hold real tokens (b t) bool."""
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
         if input_ids.device != self.device:
             raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.device}; move one of them")
         b, t = input_ids.shape
+        if cache is not None and not isinstance(cache, KVCache):
+            raise ValueError(f"cache must be a KVCache (model.new_cache(batch, max_length)), got {type(cache).__name__}")
+        past = cache.length if cache is not None else 0
         if past + t > c.n_positions:
             raise ValueError(
                 f"{past + t} positions ({past} cached + {t} new) exceed the model's context of "
                 f"n_positions={c.n_positions}"
             )
         if cache is not None:
-            if not isinstance(cache, KVCache):
-                raise ValueError(f"cache must be a KVCache (model.new_cache(batch, max_length)), got {type(cache).__name__}")
             if cache.batch != b:
                 raise ValueError(f"the cache holds {cache.batch} rows but input_ids has {b}")
-            cache.check_room(t)
+            if past + t > cache.max_length:
+                raise ValueError(f"KVCache is full: it holds {past} of max_length={cache.max_length} positions "
+                                 f"and cannot take {t} more")
         if head_mask is not None:
             check_finite_tensor("head_mask", head_mask, (c.n_layer, c.n_head))
-        if attention_mask is None:
-            return None
+        if attention_mask is None:  # every new token is real; with a cache, the cached padding stays as it was
+            return torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
         mask = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)
-        if past and not torch.equal(mask[:, :past], cache.mask[:, :past].to(mask.device)):
+        if past and not torch.equal(mask[:, :past], cache.real[:, :past].to(mask.device)):
             raise ValueError(f"attention_mask's first {past} columns contradict the padding the cache already holds")
-        return mask
+        return mask[:, past:]
 
     @property
     def device(self) -> torch.device:
@@ -194,6 +191,22 @@ class GPT(nn.Module):
 
     def new_cache(self, batch: int, max_length: int) -> KVCache:
         return KVCache.for_model(self, batch, max_length)
+
+
+def visibility(real: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each new position is, and what it may look at. real (b s): which of the s slots the
+    queries can see hold real tokens; slots (t): the slot of each new position (query).
+    Returns position ids (b t) and the attention mask `allowed` (b 1 t s).
+
+    Positions count real tokens only, so a left-padded row gets exactly the logits it gets alone.
+    Query i may see key j when j is not in its future and j is a real token. A padding query sees
+    no real token, so it may see itself: an all-masked softmax row would be NaN, and its output is
+    discarded anyway."""
+    count = real.long().cumsum(dim=1)  # (b s): real tokens up to and including each slot
+    positions = (count.index_select(1, slots) - 1).clamp(min=0)  # (b t); padding counts nothing
+    query_at, key_at = slots[:, None], torch.arange(real.shape[1], device=real.device)[None, :]  # (t 1), (1 s)
+    allowed = ((key_at <= query_at) & real[:, None, :]) | (key_at == query_at)  # (b t s)
+    return positions, allowed[:, None]  # broadcast over heads
 
 
 def _init_gpt2_weights(module: nn.Module) -> None:
