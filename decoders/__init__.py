@@ -6,9 +6,9 @@ from . import processors
 from .beam import beam_search
 from .contrastive import contrastive_search
 from .diverse_beam import diverse_beam_search
-from .generation import Generation, sequence_logprob
+from .generation import DecoderModel, Generation, sequence_logprob
 from .greedy import greedy
 from .sampling import sample
 
-__all__ = ["greedy", "sample", "beam_search", "diverse_beam_search", "contrastive_search", "Generation",
+__all__ = ["greedy", "sample", "beam_search", "diverse_beam_search", "contrastive_search", "DecoderModel", "Generation",
            "sequence_logprob", "processors"]

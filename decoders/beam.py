@@ -31,7 +31,7 @@ from torch import Tensor
 
 from minigpt.checks import check_fits_in_memory, check_float, check_int
 
-from .generation import (ALTERNATIVES, LENGTH_PENALTY_RANGE, Generation, check_options, check_prompt,
+from .generation import (ALTERNATIVES, DecoderModel, LENGTH_PENALTY_RANGE, Generation, check_options, check_prompt,
                          check_record_options, summarize)
 from .processors import chain
 
@@ -158,7 +158,7 @@ def still_improvable(pool: Hypotheses, best_score: Tensor, improvable: Tensor, e
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
 def beam_search(
-    model,
+    model: DecoderModel,
     input_ids: Tensor,
     *,
     num_beams: int,

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from minigpt.checks import check_float, check_int
 
-from .generation import ALTERNATIVES, Generation, check_options
+from .generation import ALTERNATIVES, DecoderModel, Generation, check_options
 from .processors import chain
 from .token_loop import token_loop
 
@@ -70,7 +70,7 @@ class ContrastiveStep:
 
 
 def contrastive_search(
-    model,
+    model: DecoderModel,
     input_ids: Tensor,
     *,
     penalty_alpha: float,

@@ -22,13 +22,13 @@ from minigpt.checks import check_float, check_int
 
 from .beam import BeamSetup, beam_search, best_candidates, extend, next_beams, score_continuations, still_improvable, \
     update_finished
-from .generation import ALTERNATIVES, Generation
+from .generation import ALTERNATIVES, DecoderModel, Generation
 from .processors import hamming_diversity
 
 
 @torch.no_grad()
 def diverse_beam_search(
-    model,
+    model: DecoderModel,
     input_ids: Tensor,
     *,
     num_beams: int,

@@ -7,13 +7,14 @@ Axes: n returned rows, b prompts, t tokens, v vocabulary, a alternatives kept pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from minigpt.checks import check_float, check_int, check_token_id, check_token_ids, real_tokens
-from minigpt.model import GPT
+from minigpt.config import GPTConfig
+from minigpt.kv_cache import KVCache
 
 ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
 
@@ -86,9 +87,37 @@ SCALE_RANGE = (1e-6, 1e6)
 LENGTH_PENALTY_RANGE = (-10.0, 10.0)
 
 
+@runtime_checkable
+class DecoderModel(Protocol):
+    """What every decoder calls on its model; `minigpt.GPT` is one (so is any GPT built with
+    another block, or made fast by `minigpt.fast`)."""
+
+    config: GPTConfig  # vocab_size and n_positions bound the ids and lengths; the cache's shape
+    device: torch.device
+    dtype: torch.dtype
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                 head_mask: Tensor | None = None, only_last: bool = False) -> Tensor:
+        """Checked forward: ids (b t) -> logits (b t v), filling `cache` (the prefill)."""
+
+    def final_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                     head_mask: Tensor | None = None) -> Tensor:
+        """The same, up to the final LayerNorm (b t d): contrastive search compares these."""
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """(... d) -> logits (... v)."""
+
+    def new_cache(self, batch: int, max_length: int) -> KVCache:
+        """An empty cache for `batch` rows of up to max_length positions."""
+
+    def next_logits(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """Unchecked one-token step: tokens (b) -> the logits that follow (b v), the cache advanced."""
+
+
 def check_model(model) -> None:
-    if not isinstance(model, GPT):
-        raise ValueError(f"model must be a minigpt GPT (load_gpt2 or GPT(config)), got {type(model).__name__}")
+    if not isinstance(model, DecoderModel):
+        raise ValueError(f"model must be a minigpt GPT (load_gpt2 or GPT(config)) or follow decoders.DecoderModel, "
+                         f"got {type(model).__name__}")
 
 
 def check_prompt(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int) -> Tensor:

@@ -6,13 +6,13 @@ from typing import Callable
 
 from torch import Tensor
 
-from .generation import ALTERNATIVES, Generation, check_options
+from .generation import ALTERNATIVES, DecoderModel, Generation, check_options
 from .processors import chain
 from .token_loop import FeedBack, token_loop
 
 
 def greedy(
-    model,
+    model: DecoderModel,
     input_ids: Tensor,
     *,
     max_new_tokens: int,

@@ -9,13 +9,13 @@ from torch import Tensor
 
 from minigpt.checks import check_float, check_int
 
-from .generation import ALTERNATIVES, SCALE_RANGE, Generation, check_options, repeat_rows
+from .generation import ALTERNATIVES, DecoderModel, SCALE_RANGE, Generation, check_options, repeat_rows
 from .processors import chain
 from .token_loop import FeedBack, token_loop
 
 
 def sample(
-    model,
+    model: DecoderModel,
     input_ids: Tensor,
     *,
     max_new_tokens: int,

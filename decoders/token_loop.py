@@ -14,8 +14,14 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from .generation import ALTERNATIVES, Generation, check_callback, check_prompt, check_record_options, summarize
+from .generation import (ALTERNATIVES, DecoderModel, Generation, check_callback, check_prompt, check_record_options,
+                         summarize)
 from .processors import Processor
+
+# Whether every row has finished is read back to the host every this many steps: a read waits for
+# the device, so reading every step would stall a GPU between steps. The steps run after the last
+# row finished (at most this many minus one) are trimmed off the result.
+STOP_CHECK_EVERY = 8
 
 
 class Step(Protocol):
@@ -49,7 +55,7 @@ class FeedBack:
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
 def token_loop(
-    model,
+    model: DecoderModel,
     input_ids: Tensor,
     *,
     step: Step,
@@ -62,7 +68,8 @@ def token_loop(
     alternatives: int = ALTERNATIVES,
     keep_logprobs: bool = False,
 ) -> Generation:
-    """on_token: sees each step's tokens (b), for streaming. alternatives: how many of the likeliest
+    """on_token: sees each step's tokens (b), for streaming (after every row has finished, it may
+    see up to STOP_CHECK_EVERY - 1 more steps of padding). alternatives: how many of the likeliest
     tokens each step remembers. keep_logprobs: also keep each step's whole processed log-probability row."""
     real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
     check_callback("on_token", on_token)
@@ -95,7 +102,7 @@ def token_loop(
             on_token(chosen)
         if eos_ids:
             finished = finished | torch.isin(chosen, eos)
-            if bool(finished.all()):
+            if (new + 1) % STOP_CHECK_EVERY == 0 and bool(finished.all()):
                 break
         if new + 1 < max_new_tokens:
             logits = step.advance(chosen)
@@ -114,6 +121,10 @@ def _assemble(tokens: Tensor, prompt_length: int, real: Tensor, records: list[di
         stacked = empty | ({"step_logprobs": torch.zeros(b, 0, vocab_size, device=device)} if keep_logprobs else {})
     else:
         stacked = {name: torch.stack([record[name] for record in records], dim=1) for name in records[0]}
+        # the steps after every row finished (run until the next stop check) are dropped
+        steps = int(stacked["alive"].any(dim=0).sum())
+        stacked = {name: value[:, :steps] for name, value in stacked.items()}
+        tokens = tokens[:, : prompt_length + steps]
     alive = stacked.pop("alive")
     mask = torch.cat([real[:, :prompt_length], alive], dim=1).long()
     return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=mask, **stacked)

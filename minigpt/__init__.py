@@ -11,11 +11,10 @@ from .embedding import TokenEmbedding
 from .kv_cache import KVCache
 from .mlp import MLP, gelu_new
 from .model import GPT, Trace
-from .packed import PackedLinear, PackedTokenEmbedding, pack_for_cpu
 from .tokenizer import Tokenizer
 
 __all__ = [
     "AttendFn", "CausalSelfAttention", "explicit_attention", "fused_attention",
     "TransformerBlock", "gpt2_block", "GPTConfig", "KVCache", "MLP", "gelu_new",
-    "GPT", "Trace", "analysis", "Tokenizer", "TokenEmbedding", "PackedLinear", "PackedTokenEmbedding", "pack_for_cpu",
+    "GPT", "Trace", "analysis", "Tokenizer", "TokenEmbedding",
 ]

@@ -11,7 +11,7 @@ Axes: b batch, t query positions, s key positions (cached + new), h heads, d hea
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,30 @@ from einops import rearrange
 from torch import Tensor, nn
 
 # attend(q, k, v, allowed, dropout_p) -> (out, pattern)
-#   q (b h t d), k and v (b h s d), allowed (b 1 t s) bool: may query t look at key s?
+#   q (b h t d), k and v (b h s d), allowed (b 1 t s) bool: may query t look at key s? Every
+#   query row has at least one allowed key (a padding query is allowed itself), so a softmax
+#   over the allowed keys is never 0/0.
 #   out (b h t d); pattern (b h t s), or None for a kernel that never forms it.
 AttendFn = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor | None]]
+
+
+class KVWrite(Protocol):
+    """What an attention layer is handed when a KV cache is in use (`KVCache.writer`)."""
+
+    def __call__(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """This call's keys and values (b h t d) -> stored; returns every cached slot's (b h s d),
+        these included. Slots not yet written are zeros and not allowed to any query."""
+
+
+class Attention(Protocol):
+    """The contract of a block's `attn` sublayer: what `TransformerBlock` calls, by keyword."""
+
+    def __call__(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None, head_scale: Tensor | None
+                 ) -> tuple[Tensor, Tensor | None]:
+        """x (b t (h d)) -> (b t (h d)), and the attention pattern (b h t s) or None.
+        allowed (b 1 t s) as for AttendFn (s = t without a cache, the cache's slots with one);
+        kv: store the new keys and values and attend over what it returns; head_scale (n_head,)
+        multiplies each head's output, indexed by original head number, or None."""
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) -> tuple[Tensor, Tensor]:
@@ -54,11 +75,13 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: Tensor,
+        *,
         allowed: Tensor,
-        kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        kv: KVWrite | None = None,
         head_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (b t (h d)) -> (b t (h d)), and the attention pattern (b h t s) when the kernel forms one.
+        """The Attention protocol: x (b t (h d)) -> (b t (h d)), and the attention pattern (b h t s)
+        when the kernel forms one.
 
         kv: stores this call's keys and values in a cache and returns all of them (b h s d).
         head_scale: (h,) multiplies each head's output, so a head can be zeroed or weakened; it has

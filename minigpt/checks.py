@@ -106,6 +106,12 @@ def check_finite_tensor(name: str, value: object, shape: tuple[int, ...]) -> Ten
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {_show(value)}")
+    return value
+
+
 def check_dtype(dtype: object) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .block import gpt2_block
+from .block import Block, gpt2_block
 from .checks import check_finite_tensor, check_fits_in_memory, check_mask, check_token_ids
 from .config import GPTConfig
 from .embedding import TokenEmbedding
@@ -37,7 +37,7 @@ class Trace:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig, make_block: Callable[[GPTConfig], nn.Module] = gpt2_block):
+    def __init__(self, config: GPTConfig, make_block: Callable[[GPTConfig], Block] = gpt2_block):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
@@ -134,7 +134,7 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.blocks):
             kv = cache.writer(layer, slots) if cache is not None else None
             scale = head_mask[layer] if head_mask is not None else None
-            x, pattern = block(x, allowed, kv, scale)
+            x, pattern = block(x, allowed=allowed, kv=kv, head_scale=scale)
             if record:
                 if pattern is None:
                     raise ValueError(

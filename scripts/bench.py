@@ -1,19 +1,22 @@
 #!/usr/bin/env python
-"""Tokens per second of minigpt's decoders and of transformers' generate(), measured in the same
-run on the same random weights, and their ratio (> 1: minigpt is faster).
+"""Tokens per second of minigpt's decoders, of transformers' generate() and of CTranslate2, measured
+in the same run on the same random weights, with each one's ratio to transformers (> 1: faster).
 
-    python scripts/bench.py                  # GPT-2 124M shape, CPU float32 (or CUDA if present)
+    python scripts/bench.py                  # GPT-2 124M shape, CPU (or CUDA if present)
     python scripts/bench.py --device cuda --dtype float16
 
-On CPU in float32 minigpt runs twice: as loaded, and packed for CPU inference (pack_for_cpu:
-the same model with its weights in oneDNN's layout). Each case runs once to warm up, then
-`--repeats` times, the models taking turns; the median time counts.
+Columns: minigpt as loaded; minigpt.fast.optimize with float32, bfloat16 and int8 weights; on the
+CPU also the float32 fast model with its step compiled (compile_step), and CTranslate2 float32 and
+int8 (the same checkpoint through its transformers converter; `pip install -e ".[bench]"`). Each
+case runs once to warm up, then `--repeats` times, the engines taking turns; the median counts.
+Then what bounds batch 1: the bytes of weights a step reads, against the measured read bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -26,9 +29,9 @@ import torch
 
 import decoders
 from common import DTYPES, Parser, option, positive_int, random_gpt2_checkpoint, run
-from minigpt import pack_for_cpu
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
+from minigpt.fast import WEIGHT_FORMATS, compile_step, optimize
 from weights import load_gpt2
 
 
@@ -51,42 +54,86 @@ def timed(runs: list, device: str, repeats: int) -> list[float]:
     return [statistics.median(column) for column in zip(*times)]
 
 
-class Legacy:
-    """transformers 4.55.4's generate(), in a worker process (tests/reference_455.py --serve)."""
+class Worker:
+    """An engine in a process of its own, timing itself: a case per line to its stdin (JSON), the
+    seconds it took back on its stdout. Used for transformers 4.55.4 (which needs its own import
+    path) and for CTranslate2 (whose threads slow any engine beside them in one process)."""
 
-    def __init__(self, directory, threads: int):
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from legacy import RUNNER, ensure_installed, environment
+    def __init__(self, command: list[str], env: dict | None = None):
+        self.process = subprocess.Popen([sys.executable, *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env)
 
-        ensure_installed()
-        self.worker = subprocess.Popen([sys.executable, str(RUNNER), "--serve", str(directory), str(threads)],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment())
-
-    def run(self, ids: torch.Tensor, new_tokens: int, **kwargs):
-        """A run for `timed`: the worker generates exactly new_tokens tokens (random weights must not
-        stop early) and answers with its own measured seconds."""
-        kwargs |= {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "pad_token_id": 0}
-        case = json.dumps({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "kwargs": kwargs})
+    def job(self, case: dict):
+        """A run for `timed`, which takes the seconds the worker reports (no pipe overhead counted)."""
+        line = json.dumps(case) + "\n"
 
         def once() -> float:
-            self.worker.stdin.write(case + "\n")
-            self.worker.stdin.flush()
-            answer = self.worker.stdout.readline()
+            self.process.stdin.write(line)
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline()
             if not answer:
-                raise RuntimeError("the transformers 4.55.4 worker stopped")
+                raise RuntimeError(f"the benchmark worker {self.process.args[1]} stopped")
             return float(answer)
         return once
+
+
+def legacy_worker(directory: Path, threads: int) -> Worker:
+    """transformers 4.55.4's generate() (tests/reference_455.py --serve)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from legacy import RUNNER, ensure_installed, environment
+
+    ensure_installed()
+    return Worker([str(RUNNER), "--serve", str(directory), str(threads)], env=environment())
+
+
+def legacy_case(ids: torch.Tensor, new_tokens: int, **kwargs) -> dict:
+    """Exactly new_tokens tokens (random weights must not stop early)."""
+    kwargs |= {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "pad_token_id": 0}
+    return {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "kwargs": kwargs}
+
+
+def ct2_worker(directory: Path, quantization: str, threads: int, vocab_size: int) -> Worker:
+    """CTranslate2's Generator on the same checkpoint (scripts/ct2_worker.py)."""
+    return Worker([str(Path(__file__).with_name("ct2_worker.py")), str(directory), quantization, str(threads),
+                   str(vocab_size)])
+
+
+def ct2_case(ids: torch.Tensor, new_tokens: int, beam_size: int = 1) -> dict:
+    return {"input_ids": ids.tolist(), "new_tokens": new_tokens, "beam_size": beam_size}
+
+
+def read_bandwidth() -> float:
+    """Bytes per second this machine reads from memory: the best of 3 sums over 1 GiB."""
+    x = torch.ones(2**28)
+    best = min(timed_once(x.sum) for _ in range(4))
+    return x.numel() * x.element_size() / best
+
+
+def timed_once(job) -> float:
+    start = time.perf_counter()
+    job()
+    return time.perf_counter() - start
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the matrices a decoding step reads: every block's and the head (the embedding
+    lookup reads a few rows, LayerNorms and biases are small)."""
+    c = model.config
+    per_layer = c.n_embd * 3 * c.n_embd + c.n_embd * c.n_embd + 2 * c.n_embd * c.mlp_width
+    return c.n_layer * per_layer + c.vocab_size * c.n_embd
 
 
 def parser() -> Parser:
     parser = Parser(__doc__)
     parser.add_argument("--preset", choices=PRESETS, default="gpt2", help="model shape")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--new-tokens", type=positive_int, default=64)
-    parser.add_argument("--prompt-tokens", type=positive_int, default=16)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="of transformers and minigpt as loaded")
+    parser.add_argument("--new-tokens", type=positive_int, default=32)
+    parser.add_argument("--prompt-tokens", type=positive_int, default=32)
     parser.add_argument("--prefill-tokens", type=positive_int, default=512)
     parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled-step column (it compiles "
+                        "for a minute per batch size)")
     return parser
 
 
@@ -104,12 +151,19 @@ def main(args: argparse.Namespace) -> int:
     logging.disable_progress_bar()
 
     directory = random_gpt2_checkpoint(args.preset)
-    dtype = DTYPES[args.dtype]
+    dtype, cpu, threads = DTYPES[args.dtype], args.device == "cpu", torch.get_num_threads()
     ours = load_gpt2(directory, device=args.device, dtype=dtype)
-    packable = args.device == "cpu" and dtype == torch.float32
-    models = {"minigpt": ours} | ({"minigpt, packed": pack_for_cpu(load_gpt2(directory))} if packable else {})
+    models = {"minigpt": ours} | {f"fast {w}": optimize(load_gpt2(directory, device=args.device), weights=w)
+                                  for w in WEIGHT_FORMATS}
+    if cpu and not args.no_compile:
+        models["fast float32, compiled"] = compile_step(optimize(load_gpt2(directory), weights="float32"))
+    engines = {}
+    if cpu and importlib.util.find_spec("ctranslate2") is None:
+        print('note: CTranslate2 columns left out; pip install -e ".[bench]" to add them')
+    elif cpu:
+        engines = {f"CT2 {q}": ct2_worker(directory, q, threads, ours.config.vocab_size) for q in ("float32", "int8")}
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
-    theirs.generation_config.eos_token_id = None  # random weights: never stop early, in either
+    theirs.generation_config.eos_token_id = None  # random weights: never stop early, in any engine
     theirs.generation_config.pad_token_id = 0
     c, n = ours.config, args.new_tokens
     g = torch.Generator().manual_seed(0)
@@ -121,41 +175,62 @@ def main(args: argparse.Namespace) -> int:
         return lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, **kw)
 
     one, eight = prompt(1), prompt(8)
-    legacy = Legacy(directory, torch.get_num_threads()) if args.device == "cpu" and dtype == torch.float32 else None
+    legacy = legacy_worker(directory, threads) if cpu and dtype == torch.float32 else None
     long = torch.randint(0, c.vocab_size, (1, args.prefill_tokens), generator=g).to(args.device)
     seeded = torch.Generator(device=args.device)
-    cases = [  # name, generated tokens per run, how we run it on a model, how transformers runs it
-        ("greedy, batch 1", n, lambda m: decoders.greedy(m, one, max_new_tokens=n), hf(one, do_sample=False)),
-        ("greedy, batch 8", 8 * n, lambda m: decoders.greedy(m, eight, max_new_tokens=n), hf(eight, do_sample=False)),
+    cases = [  # name, generated tokens per run, how we run it on a model, transformers, CTranslate2 (or None)
+        ("greedy, batch 1", n, lambda m: decoders.greedy(m, one, max_new_tokens=n), hf(one, do_sample=False),
+         lambda e: e.job(ct2_case(one, n))),
+        ("greedy, batch 8", 8 * n, lambda m: decoders.greedy(m, eight, max_new_tokens=n), hf(eight, do_sample=False),
+         lambda e: e.job(ct2_case(eight, n))),
         ("beam search, 4 beams", n, lambda m: decoders.beam_search(m, one, num_beams=4, max_new_tokens=n),
-         hf(one, do_sample=False, num_beams=4)),
+         hf(one, do_sample=False, num_beams=4), lambda e: e.job(ct2_case(one, n, beam_size=4))),
         ("sampling, batch 1", n, lambda m: decoders.sample(m, one, max_new_tokens=n, generator=seeded.manual_seed(0)),
-         hf(one, do_sample=True, top_k=0)),
+         hf(one, do_sample=True, top_k=0), None),
         (f"prefill, {args.prefill_tokens} tokens", args.prefill_tokens, lambda m: m(long),
-         lambda: theirs(long, use_cache=False)),
+         lambda: theirs(long, use_cache=False), None),
     ]
     if legacy is not None:  # transformers 5.x no longer has these two: the reference is 4.55.4
         cases += [
             ("contrastive (a .6, k 4) *", n,
              lambda m: decoders.contrastive_search(m, one, penalty_alpha=0.6, top_k=4, max_new_tokens=n),
-             legacy.run(one, n, penalty_alpha=0.6, top_k=4)),
+             legacy.job(legacy_case(one, n, penalty_alpha=0.6, top_k=4)), None),
             ("diverse beam (4, 2 groups) *", n,
              lambda m: decoders.diverse_beam_search(m, one, num_beams=4, num_beam_groups=2, diversity_penalty=1.0,
                                                     max_new_tokens=n),
-             legacy.run(one, n, num_beams=4, num_beam_groups=2, diversity_penalty=1.0, do_sample=False)),
+             legacy.job(legacy_case(one, n, num_beams=4, num_beam_groups=2, diversity_penalty=1.0, do_sample=False)),
+             None),
         ]
 
     print(f"{args.preset} shape ({c.n_layer} layers, {c.n_embd} wide), random weights; {args.device}, {args.dtype}, "
-          f"{torch.get_num_threads()} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; "
-          f"median of {args.repeats}; tokens per second, and ratio to transformers")
-    print(f"{'case':<30}{'transformers':>14}" + "".join(f"{name:>18}{'ratio':>7}" for name in models))
-    for name, tokens, ours_on, reference in cases:
+          f"{threads} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; median of {args.repeats}; "
+          "tokens per second (ratio to transformers)")
+    columns = ["transformers", *models, *engines]
+    width = max(16, *(len(name) + 2 for name in columns))
+    print(f"{'case':<30}" + "".join(f"{name:>{width}}" for name in columns))
+    measured = {}
+    for name, tokens, ours_on, reference, engine_on in cases:
+        runs = [reference] + [functools.partial(ours_on, m) for m in models.values()]
+        runs += [engine_on(e) for e in engines.values()] if engine_on else []
         with torch.no_grad():
-            t_ref, *t_ours = timed([reference] + [functools.partial(ours_on, m) for m in models.values()],
-                                   args.device, args.repeats)
-        print(f"{name:<30}{tokens / t_ref:>14.1f}" + "".join(f"{tokens / t:>18.1f}{t_ref / t:>6.2f}x" for t in t_ours))
+            t_ref, *t_rest = timed(runs, args.device, args.repeats)
+        measured[name] = dict(zip(columns[1:], t_rest))
+        cells = [f"{tokens / t_ref:.1f}"] + [f"{tokens / t:.1f} ({t_ref / t:.2f})" for t in t_rest]
+        print(f"{name:<30}" + "".join(f"{cell:>{width}}" for cell in cells + ["-"] * (len(columns) - len(cells))))
     if legacy is not None:
         print("* against transformers 4.55.4 (in a process of its own), the last release with these decoders")
+
+    if cpu:
+        bandwidth = read_bandwidth()
+        print(f"\nWhat bounds batch 1: a step reads every weight matrix once; memory reads {bandwidth / 1e9:.1f} GB/s "
+              "(sum over 1 GiB)")
+        greedy_one = measured["greedy, batch 1"]
+        for weights, size in (("float32", 4), ("bfloat16", 2), ("int8", 1)):
+            nbytes = weight_bytes(ours) * size
+            bound = bandwidth / nbytes
+            print(f"  {weights:<9} {nbytes / 1e6:7.1f} MB per token: at most {bound:6.1f} tokens/s; fast {weights} "
+                  f"decodes {n / greedy_one[f'fast {weights}']:6.1f} ({n / greedy_one[f'fast {weights}'] / bound:.0%} "
+                  "of the bound)")
     cache = ours.new_cache(1, args.prompt_tokens + n)
     per_token = cache.nbytes / cache.max_length
     print(f"\nKV cache: {cache.nbytes / 2**20:.1f} MiB for 1 row x {cache.max_length} positions "

@@ -22,7 +22,8 @@ from typing import Callable, NoReturn
 import torch
 
 import decoders
-from minigpt import GPT, GPTConfig, Tokenizer, pack_for_cpu
+from minigpt import GPT, GPTConfig, Tokenizer
+from minigpt.fast import WEIGHT_FORMATS, optimize
 from minigpt.checks import check_device
 from weights import find_cached, load_gpt2, load_tokenizer, locate, save_gpt2
 
@@ -105,8 +106,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str = "shipped
     parser.add_argument("--weights", help=f"checkpoint directory or hub name (gpt2, gpt2-medium, ...); default: {described}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--pack", action="store_true", help="CPU float32: pack the weights for oneDNN "
-                        "(pack_for_cpu), the same model 1.3-2x faster at decoding")
+    parser.add_argument("--fast", choices=WEIGHT_FORMATS, help="decode with minigpt.fast.optimize(model, weights=FAST): "
+                        "float32 as loaded but faster, or bfloat16 or int8 weights (faster again, measured bounds)")
 
 
 def load_model(args: argparse.Namespace) -> tuple[GPT, Path, str, Tokenizer]:
@@ -119,8 +120,8 @@ def load_model(args: argparse.Namespace) -> tuple[GPT, Path, str, Tokenizer]:
     # the model's vocabulary later (prompt_ids), so a mismatch is an error there, naming --prompt.
     own = (directory / "vocab.json").exists() or (directory / "merges.txt").exists()
     tokenizer = option(load_tokenizer, "--weights", directory) if own else Tokenizer.gpt2()
-    if args.pack:
-        return option(pack_for_cpu, "--pack", model), directory, what + " (packed for CPU)", tokenizer
+    if args.fast:
+        return option(optimize, "--fast", model, weights=args.fast), directory, what + f" (fast, {args.fast})", tokenizer
     return model, directory, what, tokenizer
 
 

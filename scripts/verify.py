@@ -3,7 +3,7 @@
 
     python scripts/verify.py                       # gpt2 from the HF cache, else random 124M weights
     python scripts/verify.py --weights gpt2-medium # or a checkpoint directory
-    python scripts/verify.py --pack                # the model packed for CPU inference
+    python scripts/verify.py --fast float32        # the model made fast (minigpt.fast.optimize)
 
 Exits 1 if any difference is over its tolerance.
 """

@@ -17,7 +17,8 @@ import torch
 
 import decoders
 from helpers import random_reference, write_checkpoint
-from minigpt import GPTConfig, pack_for_cpu
+from minigpt import GPTConfig
+from minigpt.fast import compile_step, optimize
 from weights import load_gpt2
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64)
@@ -37,10 +38,12 @@ def models():
 
 
 @functools.cache
-def packed_model():
-    """The same weights packed for CPU inference (minigpt.pack_for_cpu)."""
+def fast_model(compiled: bool = False):
+    """The same weights made fast: minigpt.fast.optimize(model), float32; with `compiled`, its
+    decoding step compiled too (compile_step)."""
     directory, _ = checkpoint()
-    return pack_for_cpu(load_gpt2(directory))
+    model = optimize(load_gpt2(directory))
+    return compile_step(model) if compiled else model
 
 
 def prompts(seed: int = 0, lengths=(6, 3, 5)):

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import decoders
 from helpers import max_abs_diff, positions, reference_and_ours
-from minigpt import GPT, GPTConfig, analysis, pack_for_cpu
+from minigpt import GPT, GPTConfig, analysis
+from minigpt.fast import pack_for_cpu
 from weights import save_gpt2
 
 CONFIG = GPTConfig(n_layer=3, n_head=4, n_embd=24, vocab_size=50, n_positions=32)

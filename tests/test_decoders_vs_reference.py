@@ -1,5 +1,6 @@
 """Our decoders against transformers' generate() on the same random-weight checkpoint, driving
-our model as loaded and packed for CPU inference (`ours` fixture).
+our model as loaded, made fast (minigpt.fast.optimize, float32) and with its decoding step
+compiled too (`ours` fixture).
 
 Sequences must be equal; beam search's sequence_scores within 1e-4 (sums of ~10 float32
 log-probabilities of magnitude up to ~50, each differing by ~1e-6 between the implementations;
@@ -14,14 +15,14 @@ import pytest
 import torch
 
 import decoders
-from decoding_models import PAD, frequent_token, models, packed_model, prompts
+from decoding_models import PAD, fast_model, frequent_token, models, prompts
 
 SCORE_TOL = 1e-4
 
 
-@pytest.fixture(params=["loaded", "packed"])
+@pytest.fixture(params=["loaded", "fast", "compiled"])
 def ours(request):
-    return models()[0] if request.param == "loaded" else packed_model()
+    return models()[0] if request.param == "loaded" else fast_model(compiled=request.param == "compiled")
 
 
 def generate(**kwargs):

@@ -10,7 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigpt import GPT, GPTConfig, KVCache, pack_for_cpu
+from minigpt import GPT, GPTConfig, KVCache
+from minigpt.fast import pack_for_cpu
 
 TINY = GPTConfig.preset("tiny")  # 2 layers, 2 heads, 32 wide, vocabulary 101, context 64
 

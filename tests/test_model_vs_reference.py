@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import LAYOUTS, max_abs_diff, random_reference, reference_and_ours, small_configs, write_checkpoint
-from minigpt import GPT, GPTConfig, fused_attention, gpt2_block, pack_for_cpu
+from minigpt import GPT, GPTConfig, fused_attention, gpt2_block
+from minigpt.fast import pack_for_cpu
 from weights import load_gpt2
 
 FP32_TOL = 1e-4

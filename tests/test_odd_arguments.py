@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import decoders
 from decoding_models import models, prompts
-from minigpt import GPTConfig, KVCache, Tokenizer, pack_for_cpu
+from minigpt import GPT, GPTConfig, KVCache, Tokenizer
+from minigpt.fast import optimize, pack_for_cpu
 
 odd = st.one_of(
     st.none(), st.booleans(), st.integers(-10**12, 10**12), st.sampled_from([0, 1, 2, -1, 10**18]),
@@ -64,6 +65,8 @@ CALLS += [
     ("GPTConfig.from_hf_dict(fields)", lambda value: GPTConfig.from_hf_dict(value)),
     ("GPTConfig.from_hf_dict({n_layer: })", lambda value: GPTConfig.from_hf_dict({"n_layer": value})),
     ("pack_for_cpu(model)", lambda value: pack_for_cpu(value)),
+    ("optimize(model)", lambda value: optimize(value)),
+    ("optimize(model, weights=)", lambda value: optimize(GPT(GPTConfig.preset("tiny")), weights=value)),
     ("Tokenizer.encode(text)", lambda value: TOKENIZER.encode(value)),
     ("Tokenizer.encode_batch(texts)", lambda value: TOKENIZER.encode_batch(value)),
     ("Tokenizer.decode(ids)", lambda value: TOKENIZER.decode(value)),

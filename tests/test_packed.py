@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from helpers import max_abs_diff, reference_and_ours, small_configs
-from minigpt import GPT, GPTConfig, PackedLinear, pack_for_cpu
+from minigpt import GPT, GPTConfig
+from minigpt.fast import PackedLinear, pack_for_cpu
 from weights import save_gpt2
 
 FP32_TOL = 1e-4

@@ -1,0 +1,113 @@
+"""minigpt.fast: bfloat16 and int8 weights against float32, and the compiled decoding step.
+
+Accuracy is measured on the shipped Shakespeare model (trained weights, so the logits have the
+spread of a real model: up to ~22) over 512 positions of a play it was trained on. Measured on
+these 2 cores: bfloat16 max |Δ| 0.18, mean 0.014, top-1 agreement 98.6%; int8 max |Δ| 0.51, mean
+0.045, top-1 98.0%. The bounds below are about twice those:
+- bfloat16 keeps 8 significant bits: every weight and activation rounded by up to 2^-9 relative,
+  the rounding compounding through 4 blocks, the head summing 160 products per logit.
+- int8 rounds each weight by up to 1/254 of its row's largest, and the activations entering each
+  product (quantized on the fly to 8 bits over the range of the whole batch) by up to 1/510 of
+  that range: coarser than bfloat16 where an activation has an outlier.
+Float32 fast paths equal the readable model to float rounding: packing is held to 1e-5 in
+test_packed.py and the compiled step to greedy-equality with generate() in
+test_decoders_vs_reference.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+import decoders
+from decoding_models import fast_model, models, prompts
+from minigpt import GPT, GPTConfig
+from minigpt.fast import WEIGHT_FORMATS, optimize
+from minigpt.training.corpus import shakespeare
+from weights import load_gpt2, load_tokenizer
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "shakespeare"
+BOUNDS = {"bfloat16": (0.4, 0.03, 0.97), "int8": (1.0, 0.1, 0.96)}  # max |Δ|, mean |Δ|, top-1 agreement at least
+
+
+@functools.cache
+def shipped():
+    model = load_gpt2(SHIPPED)
+    text = shakespeare()["a-midsummer-night-s-dream"][:20000]
+    ids = torch.tensor(load_tokenizer(SHIPPED).encode(text)[: 4 * 128]).view(4, 128)
+    return model, ids
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_logits_within_measured_bounds_of_float32(weights):
+    model, ids = shipped()
+    fast = optimize(copy.deepcopy(model), weights=weights)
+    with torch.no_grad():
+        exact, approximate = model(ids), fast(ids).float()
+    difference = (approximate - exact).abs()
+    most, mean, agreement = BOUNDS[weights]
+    assert difference.max() <= most and difference.mean() <= mean
+    assert (approximate.argmax(-1) == exact.argmax(-1)).float().mean() >= agreement
+
+
+@pytest.mark.parametrize("weights", WEIGHT_FORMATS)
+def test_greedy_tokens_equal_float32_wherever_the_margin_exceeds_the_error(weights):
+    """Up to the first step where the fast model's token differs, they agree; at that step the
+    float32 model's top-1 margin must be within twice the error bound (a flip needs the two
+    logits to move 2 x margin apart). float32 must never differ."""
+    model, ids = shipped()
+    fast = optimize(copy.deepcopy(model), weights=weights)
+    prompt = ids[:, :16]
+    exact = decoders.greedy(model, prompt, max_new_tokens=40, keep_logprobs=True)
+    approximate = decoders.greedy(fast, prompt, max_new_tokens=40)
+    top2 = exact.step_logprobs.topk(2, dim=-1).values  # (b new 2): log-prob gap = logit gap
+    margin = top2[..., 0] - top2[..., 1]
+    most = BOUNDS[weights][0] if weights in BOUNDS else 1e-4
+    for row in range(prompt.shape[0]):
+        differ = (exact.new_tokens[row] != approximate.new_tokens[row]).nonzero()
+        if len(differ):
+            first = int(differ[0])
+            assert margin[row, first] <= 2 * most, f"row {row} differs at step {first} with margin {margin[row, first]:.3f}"
+
+
+def test_optimize_keeps_the_readable_model_when_asked_nothing_and_refuses_odd_formats():
+    with pytest.raises(ValueError, match="weights must be one of 'float32', 'bfloat16', 'int8', got 'int4'"):
+        optimize(GPT(GPTConfig.preset("tiny")), weights="int4")
+    with pytest.raises(ValueError, match="optimize takes a minigpt GPT, got Linear"):
+        optimize(torch.nn.Linear(2, 2))
+    model = optimize(GPT(GPTConfig.preset("tiny")), weights="int8")
+    with pytest.raises(ValueError, match="int8 weights are for inference"):
+        model.wte.unembed(torch.randn(1, 32, requires_grad=True))
+
+
+def test_the_decoding_step_compiles_as_one_graph_and_decodes_as_the_eager_one():
+    model, _ = models()
+    ids, mask = prompts(0)
+    cache = model.new_cache(ids.shape[0], ids.shape[1] + 1)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, cache=cache, only_last=True)[:, -1]
+        explained = torch._dynamo.explain(model.next_logits)(logits.argmax(-1), cache)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    compiled = fast_model(compiled=True)
+    for decode in (decoders.greedy, functools.partial(decoders.beam_search, num_beams=3)):
+        eager = decode(model, ids, attention_mask=mask, max_new_tokens=8)
+        assert torch.equal(decode(compiled, ids, attention_mask=mask, max_new_tokens=8).sequences, eager.sequences)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("weights", WEIGHT_FORMATS)
+def test_cuda_graph_step_decodes_as_the_eager_model(weights):
+    """On a GPU optimize compiles the step with mode="reduce-overhead" (a CUDA graph)."""
+    model, ids = shipped()
+    eager = copy.deepcopy(model).cuda().eval()
+    fast = optimize(copy.deepcopy(model).cuda(), weights=weights)
+    prompt = ids[:, :16].cuda()
+    for decode in (decoders.greedy, functools.partial(decoders.beam_search, num_beams=4)):
+        exact = decode(eager, prompt, max_new_tokens=24).sequences
+        approximate = decode(fast, prompt, max_new_tokens=24).sequences
+        agreement = (exact == approximate).float().mean()
+        assert agreement >= (1.0 if weights == "float32" else 0.8)  # bf16/int8 may flip a near-tie, then diverge
