@@ -74,8 +74,8 @@ def test_greedy_tokens_equal_float32_wherever_the_margin_exceeds_the_error(weigh
             assert margin[row, first] <= 2 * most, f"row {row} differs at step {first} with margin {margin[row, first]:.3f}"
 
 
-def test_optimize_keeps_the_readable_model_when_asked_nothing_and_refuses_odd_formats():
-    with pytest.raises(ValueError, match="weights must be one of 'float32', 'bfloat16', 'int8', got 'int4'"):
+def test_optimize_refuses_odd_formats_and_int8_refuses_gradients():
+    with pytest.raises(ValueError, match="weights must be one of 'float32', 'bfloat16', 'int8', got str 'int4'"):
         optimize(GPT(GPTConfig.preset("tiny")), weights="int4")
     with pytest.raises(ValueError, match="optimize takes a minigpt GPT, got Linear"):
         optimize(torch.nn.Linear(2, 2))

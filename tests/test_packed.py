@@ -77,10 +77,10 @@ def test_packing_swaps_every_linear_and_freezes_the_model():
 
 
 def test_packing_refuses_what_it_cannot_run():
-    with pytest.raises(ValueError, match="CPU float32 model, got cpu torch.float16"):
+    with pytest.raises(ValueError, match="CPU float32 or bfloat16 model, got cpu torch.float16"):
         pack_for_cpu(GPT(GPTConfig.preset("tiny")).half())
     moved = pack_for_cpu(GPT(GPTConfig.preset("tiny"))).half()  # packed weights cannot follow
-    with pytest.raises(ValueError, match="CPU float32 inputs, got cpu torch.float16"):
+    with pytest.raises(ValueError, match="take CPU torch.float32 inputs, got cpu torch.float16"):
         moved(torch.tensor([[1, 2, 3]]))
     with pytest.raises(ValueError, match="no gradient flows"):
         PackedLinear(nn.Linear(3, 2))(torch.randn(1, 3, requires_grad=True))
