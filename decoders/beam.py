@@ -95,8 +95,8 @@ def score_continuations(running: Hypotheses, processed: Tensor) -> Tensor:
 def best_candidates(totals: Tensor, count: int, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
     """2. The `count` best continuations: their scores, the beam each extends, and its token, (n c).
     Continuation i of the flattened (k v) row is token i % v of beam i // v."""
-    scores, flat = torch.topk(totals, count)
-    return scores, flat // vocab, flat % vocab
+    scores, place = torch.topk(totals, count)  # place in the flattened (k v) row
+    return scores, place // vocab, place % vocab
 
 
 def extend(running: Hypotheses, parent: Tensor, token: Tensor, scores: Tensor, step: int, prompt_length: int,
@@ -285,9 +285,9 @@ class BeamSetup:
         per_beam = {"entropy": entropy.view(n, k), "alternatives": ids.view(n, k, -1), "alternative_probs": probs.view(n, k, -1)}
         if self.keep_logprobs:
             per_beam["step_logprobs"] = processed_logprobs.view(n, k, v)
-        flat = parent * v + token  # the candidates' places in the flattened (k v) row
-        per_candidate = {"step_score": processed.view(n, k * v).gather(1, flat),
-                         "step_logprob": logprobs.view(n, k * v).gather(1, flat)}
+        place = parent * v + token  # the candidates' places in the flattened (k v) row
+        per_candidate = {"step_score": processed.view(n, k * v).gather(1, place),
+                         "step_logprob": logprobs.view(n, k * v).gather(1, place)}
         return per_beam, per_candidate
 
     def ends(self, token: Tensor, step: int) -> Tensor:
@@ -301,23 +301,22 @@ class BeamSetup:
         b = self.prompts
         best = pool.take(torch.topk(pool.score, count).indices)
         width = int(best.length.max())
-        rows = b * count
 
-        def flat(x: Tensor) -> Tensor:
-            return x.reshape(rows, *x.shape[2:])
+        def rows(x: Tensor) -> Tensor:  # (b count ...) -> ((b count) ...)
+            return x.reshape(b * count, *x.shape[2:])
 
-        new_real = torch.arange(width, device=best.tokens.device)[None, :] < flat(best.length)[:, None]  # (rows width)
+        new_real = torch.arange(width, device=best.tokens.device)[None, :] < rows(best.length)[:, None]  # (rows width)
         prompt_mask = self.real.repeat_interleave(count, dim=0)
         return Generation(
-            sequences=flat(best.tokens)[:, : self.prompt_length + width],
+            sequences=rows(best.tokens)[:, : self.prompt_length + width],
             prompt_length=self.prompt_length,
             attention_mask=torch.cat([prompt_mask, new_real], dim=1).long(),
-            scores=flat(best.step_score)[:, :width],
-            token_logprobs=flat(best.step_logprob)[:, :width],
-            entropy=flat(best.entropy)[:, :width],
-            alternatives=flat(best.alternatives)[:, :width],
-            alternative_probs=flat(best.alternative_probs)[:, :width],
-            sequence_scores=flat(best.score),
-            step_logprobs=None if best.step_logprobs is None else flat(best.step_logprobs)[:, :width],
+            scores=rows(best.step_score)[:, :width],
+            token_logprobs=rows(best.step_logprob)[:, :width],
+            entropy=rows(best.entropy)[:, :width],
+            alternatives=rows(best.alternatives)[:, :width],
+            alternative_probs=rows(best.alternative_probs)[:, :width],
+            sequence_scores=rows(best.score),
+            step_logprobs=None if best.step_logprobs is None else rows(best.step_logprobs)[:, :width],
         )
 

@@ -21,10 +21,11 @@ def repetition_penalty(logits: Tensor, tokens: Tensor, real: Tensor, penalty: fl
     """Make every token already in the row less likely (CTRL, Keskar et al. 2019): positive
     logits are divided by the penalty, negative ones multiplied, each distinct token once."""
     vocab = logits.shape[-1]
-    seen = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
-    seen.scatter_(1, tokens.masked_fill(~real, vocab), True)  # padding lands in the spare column
+    in_history = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    # padding is sent to a spare column v, which is cut off after: a scatter needs some index
+    in_history.scatter_(1, tokens.masked_fill(~real, vocab), True)
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen[:, :vocab], penalized, logits)
+    return torch.where(in_history[:, :vocab], penalized, logits)
 
 
 def no_repeat_ngram(logits: Tensor, tokens: Tensor, real: Tensor, n: int) -> Tensor:
@@ -34,9 +35,12 @@ def no_repeat_ngram(logits: Tensor, tokens: Tensor, real: Tensor, n: int) -> Ten
     windows = tokens.unfold(1, n, 1)  # (b w n): every n-gram so far
     whole = real.unfold(1, n, 1).all(dim=-1)  # (b w): n-grams that do not reach into padding
     prefix = tokens[:, tokens.shape[1] - (n - 1) :]  # (b n-1): the last n-1 tokens
+    # An earlier n-gram whose first n-1 tokens equal the last n-1 would be repeated by its last
+    # token: that token is banned. (For n = 1 the prefix is empty and every token so far is banned.)
     completes = (windows[..., :-1] == prefix[:, None, :]).all(dim=-1) & whole  # (b w)
     vocab = logits.shape[-1]
     banned = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    # every window scatters somewhere: one that completes nothing goes to the spare column v, cut off below
     banned.scatter_(1, torch.where(completes, windows[..., -1], vocab), True)
     return logits.masked_fill(banned[:, :vocab], float("-inf"))
 

@@ -133,8 +133,8 @@ class GPT(nn.Module):
         hidden_states, attentions = [x], []
         for layer, block in enumerate(self.blocks):
             kv = cache.writer(layer, slots) if cache is not None else None
-            scale = head_mask[layer] if head_mask is not None else None
-            x, pattern = block(x, allowed=allowed, kv=kv, head_scale=scale)
+            head_scale = head_mask[layer] if head_mask is not None else None  # (h): this layer's row of the mask
+            x, pattern = block(x, allowed=allowed, kv=kv, head_scale=head_scale)
             if record:
                 if pattern is None:
                     raise ValueError(
