@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..embedding import TokenEmbedding
 from ..model import GPT
+from .swap import swap_weights
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,14 +56,7 @@ def quantize_int8(model: GPT) -> GPT:
         raise ValueError(f"quantize_int8 needs a float32 model (its activations stay float32), got {model.dtype}")
     if model.device.type == "cpu" and "fbgemm" not in torch.backends.quantized.supported_engines:  # an ARM build
         raise ValueError("int8 weights on the CPU need fbgemm (x86), and this PyTorch build has none")
-    model.eval().requires_grad_(False)
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.Linear:  # exactly nn.Linear: a subclass may compute something else
-                setattr(parent, name, Int8Linear(child))
-    if type(model.wte) is TokenEmbedding:
-        model.wte = Int8TokenEmbedding(model.wte)
-    return model
+    return swap_weights(model, Int8Linear, Int8TokenEmbedding)
 
 
 def _int8_product(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, packed) -> Tensor:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..embedding import TokenEmbedding
 from ..model import GPT
+from .swap import swap_weights
 
 PACKABLE = (torch.float32, torch.bfloat16)
 
@@ -35,14 +36,7 @@ def pack_for_cpu(model: GPT) -> GPT:
         raise ValueError("pack_for_cpu needs oneDNN, and this PyTorch build has none; use the model unpacked")
     if model.device.type != "cpu" or model.dtype not in PACKABLE:
         raise ValueError(f"pack_for_cpu needs a CPU float32 or bfloat16 model, got {model.device} {model.dtype}")
-    model.eval().requires_grad_(False)
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.Linear:  # exactly nn.Linear: a subclass may compute something else
-                setattr(parent, name, PackedLinear(child))
-    if type(model.wte) is TokenEmbedding:  # not already packed
-        model.wte = PackedTokenEmbedding(model.wte)
-    return model
+    return swap_weights(model, PackedLinear, PackedTokenEmbedding)
 
 
 def _pack(weight: Tensor) -> Tensor:
