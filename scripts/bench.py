@@ -29,6 +29,7 @@ import torch
 
 import decoders
 from common import DTYPES, Parser, option, positive_int, random_gpt2_checkpoint, run
+from minigpt import Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
 from minigpt.fast import WEIGHT_FORMATS, compile_step, optimize
@@ -92,10 +93,19 @@ def legacy_case(ids: torch.Tensor, new_tokens: int, **kwargs) -> dict:
     return {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "kwargs": kwargs}
 
 
-def ct2_worker(directory: Path, quantization: str, threads: int, vocab_size: int) -> Worker:
+def write_ct2_tokenizer(directory: Path, vocab_size: int) -> None:
+    """The tokenizer files CTranslate2's converter reads beside the weights, once, before its workers
+    start. It wants exactly the model's vocabulary size: GPT-2's, cut to it for the small shapes,
+    its last entry the end of text (ids stay ids; the text does not matter here)."""
+    gpt2 = Tokenizer.gpt2().decoder
+    symbols = [gpt2[i] for i in range(vocab_size - 1)] + ["<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+
+
+def ct2_worker(directory: Path, quantization: str, threads: int) -> Worker:
     """CTranslate2's Generator on the same checkpoint (scripts/ct2_worker.py)."""
-    return Worker([str(Path(__file__).with_name("ct2_worker.py")), str(directory), quantization, str(threads),
-                   str(vocab_size)])
+    return Worker([str(Path(__file__).with_name("ct2_worker.py")), str(directory), quantization, str(threads)])
 
 
 def ct2_case(ids: torch.Tensor, new_tokens: int, beam_size: int = 1) -> dict:
@@ -161,7 +171,8 @@ def main(args: argparse.Namespace) -> int:
     if cpu and importlib.util.find_spec("ctranslate2") is None:
         print('note: CTranslate2 columns left out; pip install -e ".[bench]" to add them')
     elif cpu:
-        engines = {f"CT2 {q}": ct2_worker(directory, q, threads, ours.config.vocab_size) for q in ("float32", "int8")}
+        write_ct2_tokenizer(directory, ours.config.vocab_size)
+        engines = {f"CT2 {q}": ct2_worker(directory, q, threads) for q in ("float32", "int8")}
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
     theirs.generation_config.eos_token_id = None  # random weights: never stop early, in any engine
     theirs.generation_config.pad_token_id = 0
