@@ -18,7 +18,8 @@ for every prompt, in this order (the loop in `beam_search` reads as these five c
 
 Diverse beam search (`diverse_beam.py`) runs the same steps for each group of beams.
 
-Axes: n searches (prompts), k beams, c candidates, v vocabulary, L = prompt + max_new_tokens.
+Axes: b prompts (one search each), k beams, c candidates, v vocabulary, s = prompt + max_new_tokens,
+a alternatives kept per step.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from torch import Tensor
 
 from minigpt.checks import check_fits_in_memory, check_float, check_int
 
-from .generation import (ALTERNATIVES, DecoderModel, LENGTH_PENALTY_RANGE, Generation, check_options, check_prompt,
-                         check_record_options, summarize)
-from .processors import chain
+from .generation import (ALTERNATIVES, DecoderModel, LENGTH_PENALTY_RANGE, Generation, check_record_options,
+                         decoding_rules, prompt_real, summarize)
 
 # transformers' stand-in for log 0: finite, so a sum with it still orders correctly, and a beam
 # that holds it is never chosen over one that does not
@@ -42,58 +42,60 @@ IMPOSSIBLE = -1.0e9
 
 @dataclass
 class Hypotheses:
-    """k hypotheses for each of n searches; every field is (n k ...), one entry per hypothesis."""
+    """k hypotheses for each of b searches; every field is (b k ...), one entry per hypothesis."""
 
-    tokens: Tensor  # (n k L): the prompt, then the tokens chosen so far (pad beyond)
-    score: Tensor  # (n k): running beams: the sum of processed log-probs; the finished pool: that sum, length-normalised
-    finished: Tensor  # (n k) bool: a real finished hypothesis (in the pool; False for an empty slot)
-    length: Tensor  # (n k): new tokens, EOS included
-    step_score: Tensor  # (n k new): processed log-prob of each chosen token
-    step_logprob: Tensor  # (n k new): the model's own log-prob of it
-    entropy: Tensor  # (n k new): of the distribution it was chosen from
-    alternatives: Tensor  # (n k new a): that distribution's likeliest tokens
-    alternative_probs: Tensor  # (n k new a)
-    step_logprobs: Tensor | None  # (n k new v) with keep_logprobs
+    tokens: Tensor  # (b k s): the prompt, then the tokens chosen so far (pad beyond)
+    score: Tensor  # (b k): the sum of the processed log-probs of its tokens (IMPOSSIBLE: not a hypothesis)
+    final_score: Tensor  # (b k): in the pool, score / length ** length_penalty, what it ranks by; else IMPOSSIBLE
+    finished: Tensor  # (b k) bool: a finished hypothesis in the pool (False for an empty slot)
+    length: Tensor  # (b k): new tokens, EOS included
+    step_score: Tensor  # (b k new): processed log-prob of each chosen token
+    step_logprob: Tensor  # (b k new): the model's own log-prob of it
+    entropy: Tensor  # (b k new): of the distribution it was chosen from
+    alternatives: Tensor  # (b k new a): that distribution's likeliest tokens
+    alternative_probs: Tensor  # (b k new a)
+    step_logprobs: Tensor | None  # (b k new v) with keep_logprobs
 
     @classmethod
     def empty(cls, prompt: Tensor, k: int, max_new_tokens: int, pad: int, score: float, alternatives: int,
               vocab: int | None) -> Hypotheses:
-        """k copies of each prompt row (n t), every one with running score `score`."""
-        n, t = prompt.shape
-        per_step = torch.zeros(n, k, max_new_tokens, device=prompt.device)
-        per_alternative = torch.zeros(n, k, max_new_tokens, alternatives, device=prompt.device)
-        tokens = torch.full((n, k, t + max_new_tokens), pad, dtype=torch.long, device=prompt.device)
+        """k copies of each prompt row (b t), every one with running score `score`."""
+        b, t = prompt.shape
+        per_step = torch.zeros(b, k, max_new_tokens, device=prompt.device)
+        per_alternative = torch.zeros(b, k, max_new_tokens, alternatives, device=prompt.device)
+        tokens = torch.full((b, k, t + max_new_tokens), pad, dtype=torch.long, device=prompt.device)
         tokens[:, :, :t] = prompt[:, None, :]
-        return cls(tokens=tokens, score=torch.full((n, k), score, device=prompt.device),
-                   finished=torch.zeros(n, k, dtype=torch.bool, device=prompt.device),
-                   length=torch.zeros(n, k, dtype=torch.long, device=prompt.device),
+        return cls(tokens=tokens, score=torch.full((b, k), score, device=prompt.device),
+                   final_score=torch.full((b, k), IMPOSSIBLE, device=prompt.device),
+                   finished=torch.zeros(b, k, dtype=torch.bool, device=prompt.device),
+                   length=torch.zeros(b, k, dtype=torch.long, device=prompt.device),
                    step_score=per_step, step_logprob=per_step.clone(), entropy=per_step.clone(),
                    alternatives=per_alternative.long(), alternative_probs=per_alternative.clone(),
-                   step_logprobs=None if vocab is None else torch.zeros(n, k, max_new_tokens, vocab, device=prompt.device))
+                   step_logprobs=None if vocab is None else torch.zeros(b, k, max_new_tokens, vocab, device=prompt.device))
 
     def take(self, index: Tensor) -> Hypotheses:
-        """Hypotheses index (n m) of each search, every field alike: (n k ...) -> (n m ...)."""
+        """The hypotheses `index` (b i) picks in each search, every field alike: (b k ...) -> (b i ...)."""
         def gather(x: Tensor | None) -> Tensor | None:
             return None if x is None else torch.take_along_dim(x, index.view(*index.shape, *[1] * (x.dim() - 2)), dim=1)
         return Hypotheses(**{f.name: gather(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def joined(self, other: Hypotheses) -> Hypotheses:
-        """Both sets side by side: (n k ...) and (n m ...) -> (n (k+m) ...)."""
-        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-            return None if a is None else torch.cat([a, b], dim=1)
+        """Both sets side by side: (b k ...) and (b i ...) -> (b (k+i) ...)."""
+        def cat(mine: Tensor | None, theirs: Tensor | None) -> Tensor | None:
+            return None if mine is None else torch.cat([mine, theirs], dim=1)
         return Hypotheses(**{f.name: cat(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)})
 
 
 # ---- the five steps ------------------------------------------------------------------------
 
 def score_continuations(running: Hypotheses, processed: Tensor) -> Tensor:
-    """1. processed log-probs (n k v) + each beam's running score -> the score of every beam x
-    token continuation, flattened per search: (n (k v))."""
+    """1. processed log-probs (b k v) + each beam's running score -> the score of every beam x
+    token continuation, flattened per search: (b (k v))."""
     return (processed + running.score[:, :, None]).flatten(1)
 
 
 def best_candidates(totals: Tensor, count: int, vocab: int) -> tuple[Tensor, Tensor, Tensor]:
-    """2. The `count` best continuations: their scores, the beam each extends, and its token, (n c).
+    """2. The `count` best continuations: their scores, the beam each extends, and its token, (b c).
     Continuation i of the flattened (k v) row is token i % v of beam i // v."""
     scores, place = torch.topk(totals, count)  # place in the flattened (k v) row
     return scores, place // vocab, place % vocab
@@ -101,9 +103,9 @@ def best_candidates(totals: Tensor, count: int, vocab: int) -> tuple[Tensor, Ten
 
 def extend(running: Hypotheses, parent: Tensor, token: Tensor, scores: Tensor, step: int, prompt_length: int,
            per_beam: dict[str, Tensor], per_candidate: dict[str, Tensor]) -> Hypotheses:
-    """The candidates (n c) as hypotheses: their parent beam's history, the new token, and what
-    this step records: per_beam values (n k ...) are read through the parent (the entropy of the
-    distribution the token came from), per_candidate values (n c) belong to the candidate itself."""
+    """The candidates (b c) as hypotheses: their parent beam's history, the new token, and what
+    this step records: per_beam values (b k ...) are read through the parent (the entropy of the
+    distribution the token came from), per_candidate values (b c) belong to the candidate itself."""
     candidates = running.take(parent)
     candidates.tokens[:, :, prompt_length + step] = token
     candidates.score = scores
@@ -120,17 +122,15 @@ def update_finished(pool: Hypotheses, candidates: Hypotheses, ends: Tensor, k: i
                     length_penalty: float, closed: Tensor) -> Hypotheses:
     """3. The pool after the ending candidates among the first k join it (a candidate ranked lower
     would not have been a beam had it gone on), scored sum / length ** length_penalty, and the
-    best k kept. closed (n 1): searches whose pool takes no more."""
+    best k kept. closed (b 1): searches whose pool takes no more."""
     joins = ends & (torch.arange(ends.shape[1], device=ends.device) < k) & ~closed
-    candidates = dataclasses.replace(candidates, finished=joins,
-                                     # IMPOSSIBLE keeps a non-joining candidate out of the best k
-                                     score=torch.where(joins, candidates.score / ((step + 1) ** length_penalty), IMPOSSIBLE))
-    merged = pool.joined(candidates)
-    return merged.take(torch.topk(merged.score, k).indices)
+    final = torch.where(joins, candidates.score / ((step + 1) ** length_penalty), IMPOSSIBLE)  # IMPOSSIBLE: stays out
+    merged = pool.joined(dataclasses.replace(candidates, finished=joins, final_score=final))
+    return merged.take(torch.topk(merged.final_score, k).indices)
 
 
 def next_beams(candidates: Hypotheses, ends: Tensor, k: int) -> tuple[Hypotheses, Tensor]:
-    """4. The best k candidates that did not end, and their index among the candidates (n k).
+    """4. The best k candidates that did not end, and their index among the candidates (b k).
     An ending candidate's score drops by IMPOSSIBLE so that it ranks below every other; if more
     than c - k of them end (only at max_new_tokens), the search is over anyway."""
     still_running = candidates.score + ends.float() * IMPOSSIBLE
@@ -142,7 +142,7 @@ def next_beams(candidates: Hypotheses, ends: Tensor, k: int) -> tuple[Hypotheses
 
 def still_improvable(pool: Hypotheses, best_score: Tensor, improvable: Tensor, early_stopping: bool | str,
                      length_penalty: float, generated: int, max_new_tokens: int) -> Tensor:
-    """5. (n 1): can a running beam still beat the pool's worst? best_score (n 1) is the best
+    """5. (b 1): can a running beam still beat the pool's worst? best_score (b 1) is the best
     running score (what transformers' beam search compares). Once a search cannot improve, it
     never can again. With early_stopping=True a full pool is final."""
     full = pool.finished.all(dim=1, keepdim=True)
@@ -150,7 +150,7 @@ def still_improvable(pool: Hypotheses, best_score: Tensor, improvable: Tensor, e
         return improvable & ~full
     best_length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else generated
     best_possible = best_score / (best_length**length_penalty)  # a positive penalty favours length: judge at the longest
-    worst = torch.where(full, pool.score.min(dim=1, keepdim=True).values, IMPOSSIBLE)
+    worst = torch.where(full, pool.final_score.min(dim=1, keepdim=True).values, IMPOSSIBLE)
     return improvable & (best_possible > worst)
 
 
@@ -190,10 +190,10 @@ def beam_search(
     running = search.hypotheses(k, live=[0])  # the k beams start as copies of the prompt: only beam 0 is live
     pool = search.hypotheses(k, live=[])
     improvable = torch.ones(b, 1, dtype=torch.bool, device=input_ids.device)
-    logits, cache = search.prefill(k)
+    logits, cache = search.prefill(k)  # cache rows (b k), in the order of running's
     first_row = torch.arange(b, device=input_ids.device)[:, None] * k  # (b 1): each prompt's first cache row
     for step in range(max_new_tokens):
-        logprobs, processed = search.process(logits, running, step)  # ((b k) v) each
+        logprobs, processed = search.process(logits, running, cache.real, step)  # ((b k) v) each
         totals = score_continuations(running, processed.view(b, k, v))  # 1.
         scores, parent, token = best_candidates(totals, search.candidates_per_search(k), v)  # 2.
         candidates = extend(running, parent, token, scores, step, search.prompt_length,
@@ -219,7 +219,7 @@ class BeamSetup:
     def __init__(self, model, input_ids, *, attention_mask, num_beams, num_return_sequences, max_new_tokens,
                  length_penalty, early_stopping, eos_token_id, pad_token_id, min_new_tokens, no_repeat_ngram_size,
                  repetition_penalty, alternatives, keep_logprobs):
-        self.real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+        self.prompt_real = prompt_real(model, input_ids, attention_mask, max_new_tokens)  # (b t)
         check_record_options(model, alternatives, keep_logprobs)
         v = model.config.vocab_size
         check_int("num_beams", num_beams, 1, v)  # more beams than tokens: the first step cannot fill them
@@ -230,9 +230,9 @@ class BeamSetup:
         if not (early_stopping is True or early_stopping is False
                 or (isinstance(early_stopping, str) and early_stopping == "never")):
             raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-        self.eos, self.pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                                           min_new_tokens=min_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
-                                           repetition_penalty=repetition_penalty)
+        self.rules = decoding_rules(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                    min_new_tokens=min_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+                                    repetition_penalty=repetition_penalty)
         if max_new_tokens == 0:
             raise ValueError("max_new_tokens must be >= 1 for beam search: there is nothing to rank otherwise")
         rows = input_ids.shape[0] * num_beams
@@ -243,17 +243,15 @@ class BeamSetup:
         self.prompts, self.prompt_length = input_ids.shape
         self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
         self.alternatives, self.keep_logprobs = alternatives, keep_logprobs
-        self.processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size,
-                                min_new_tokens=min_new_tokens, eos_ids=self.eos)
-        self.eos_tensor = torch.tensor(self.eos, dtype=torch.long, device=input_ids.device)
+        self.eos = torch.tensor(self.rules.eos_ids, dtype=torch.long, device=input_ids.device)
 
     def candidates_per_search(self, k: int) -> int:
         """2k, or (1 + number of EOS ids) k: however many of them end, k can go on."""
-        return max(2, 1 + len(self.eos)) * k
+        return max(2, 1 + len(self.rules.eos_ids)) * k
 
     def hypotheses(self, k: int, live: list[int]) -> Hypotheses:
         """k hypotheses per prompt; those in `live` start at score 0, the others at IMPOSSIBLE."""
-        hyps = Hypotheses.empty(self.input_ids, k, self.max_new_tokens, self.pad, IMPOSSIBLE, self.alternatives,
+        hyps = Hypotheses.empty(self.input_ids, k, self.max_new_tokens, self.rules.pad_token_id, IMPOSSIBLE, self.alternatives,
                                 self.vocab if self.keep_logprobs else None)
         hyps.score[:, live] = 0.0
         return hyps
@@ -262,61 +260,58 @@ class BeamSetup:
         """Run each prompt once, then copy its cache row and logits to its `copies` beams."""
         b = self.prompts
         cache = self.model.new_cache(b, self.prompt_length + self.max_new_tokens)
-        logits = self.model(self.input_ids, attention_mask=self.real, cache=cache, only_last=True)[:, -1]
+        logits = self.model(self.input_ids, attention_mask=self.prompt_real, cache=cache, only_last=True)[:, -1]
         rows = torch.arange(b, device=logits.device).repeat_interleave(copies)  # ((b copies)): prompt of each beam
-        self.beam_real = self.real[rows]
         return logits[rows], cache.take_rows(rows)
 
-    def process(self, logits: Tensor, running: Hypotheses, step: int, before=None) -> tuple[Tensor, Tensor]:
-        """(rows v) logits -> log-probs and processed log-probs; `before` (optional) acts first."""
+    def process(self, logits: Tensor, running: Hypotheses, real: Tensor, step: int, before=None) -> tuple[Tensor, Tensor]:
+        """((b k) v) logits -> log-probs and processed log-probs; `before` (optional) acts first.
+        real ((b k) s): the cache's record of which tokens of the running beams are real."""
         logprobs = logits.float().log_softmax(dim=-1)
         at = self.prompt_length + step
-        history = running.tokens[:, :, :at].flatten(0, 1)
-        real = torch.cat([self.beam_real[: history.shape[0]], self.beam_real.new_ones(history.shape[0], step)], dim=1)
         start = logprobs if before is None else before(logprobs)
-        return logprobs, self.processors(start, history, real, step)
+        return logprobs, self.rules.processors(start, running.tokens[:, :, :at].flatten(0, 1), real[:, :at], step)
 
     def records(self, logprobs: Tensor, processed: Tensor, token: Tensor, parent: Tensor) -> tuple[dict, dict]:
-        """What this step records: per beam (n k ...), the entropy and alternatives of each beam's
-        distribution; per candidate (n c), the chosen token's processed and own log-probability."""
-        n, k, v = parent.shape[0], logprobs.shape[0] // parent.shape[0], self.vocab
+        """What this step records: per beam (b k ...), the entropy and alternatives of each beam's
+        distribution; per candidate (b c), the chosen token's processed and own log-probability."""
+        b, k, v = parent.shape[0], logprobs.shape[0] // parent.shape[0], self.vocab
         processed_logprobs = processed.log_softmax(dim=-1)
         entropy, ids, probs = summarize(processed_logprobs, self.alternatives)
-        per_beam = {"entropy": entropy.view(n, k), "alternatives": ids.view(n, k, -1), "alternative_probs": probs.view(n, k, -1)}
+        per_beam = {"entropy": entropy.view(b, k), "alternatives": ids.view(b, k, -1), "alternative_probs": probs.view(b, k, -1)}
         if self.keep_logprobs:
-            per_beam["step_logprobs"] = processed_logprobs.view(n, k, v)
+            per_beam["step_logprobs"] = processed_logprobs.view(b, k, v)
         place = parent * v + token  # the candidates' places in the flattened (k v) row
-        per_candidate = {"step_score": processed.view(n, k * v).gather(1, place),
-                         "step_logprob": logprobs.view(n, k * v).gather(1, place)}
+        per_candidate = {"step_score": processed.view(b, k * v).gather(1, place),
+                         "step_logprob": logprobs.view(b, k * v).gather(1, place)}
         return per_beam, per_candidate
 
     def ends(self, token: Tensor, step: int) -> Tensor:
-        """(n c): which candidates end: an EOS, or any at the last step."""
+        """(b c): which candidates end: an EOS, or any at the last step."""
         if step == self.max_new_tokens - 1:
             return torch.ones_like(token, dtype=torch.bool)
-        return torch.isin(token, self.eos_tensor)
+        return torch.isin(token, self.eos)
 
     def result(self, pool: Hypotheses, count: int) -> Generation:
         """The best `count` of each prompt's pool (sorted best first), as a Generation of (b count) rows."""
         b = self.prompts
-        best = pool.take(torch.topk(pool.score, count).indices)
+        best = pool.take(torch.topk(pool.final_score, count).indices)
         width = int(best.length.max())
 
         def rows(x: Tensor) -> Tensor:  # (b count ...) -> ((b count) ...)
             return x.reshape(b * count, *x.shape[2:])
 
         new_real = torch.arange(width, device=best.tokens.device)[None, :] < rows(best.length)[:, None]  # (rows width)
-        prompt_mask = self.real.repeat_interleave(count, dim=0)
         return Generation(
             sequences=rows(best.tokens)[:, : self.prompt_length + width],
             prompt_length=self.prompt_length,
-            attention_mask=torch.cat([prompt_mask, new_real], dim=1).long(),
+            attention_mask=torch.cat([self.prompt_real.repeat_interleave(count, dim=0), new_real], dim=1).long(),
             scores=rows(best.step_score)[:, :width],
             token_logprobs=rows(best.step_logprob)[:, :width],
             entropy=rows(best.entropy)[:, :width],
             alternatives=rows(best.alternatives)[:, :width],
             alternative_probs=rows(best.alternative_probs)[:, :width],
-            sequence_scores=rows(best.score),
+            sequence_scores=rows(best.final_score),
             step_logprobs=None if best.step_logprobs is None else rows(best.step_logprobs)[:, :width],
         )
 

@@ -13,6 +13,8 @@ To score a candidate the model must run it one step ahead: each row's cache is c
 top_k candidates (`KVCache.take_rows`), the candidates run as one batch through `final_hidden`,
 and the chosen candidate's cache row and next logits are kept, so nothing is computed twice.
 Mirrors `GenerationMixin._contrastive_search` in transformers 4.55.4, the last release that ships it.
+
+Axes: b rows, c candidates (top_k), s positions so far, e model width.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from torch import Tensor
 
 from minigpt.checks import check_float, check_int
 
-from .generation import ALTERNATIVES, DecoderModel, Generation, check_options
-from .processors import chain
+from .generation import ALTERNATIVES, DecoderModel, Generation, decoding_rules
 from .token_loop import token_loop
 
 
@@ -38,30 +39,30 @@ class ContrastiveStep:
 
     def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
         self.cache = self.model.new_cache(input_ids.shape[0], max_length)
-        hidden = self.model.final_hidden(input_ids, attention_mask=real, cache=self.cache)  # (b t d)
-        self.context, self.context_real = hidden, real  # every position's hidden state so far, and which are real
-        return self.model.head(hidden[:, -1])
+        # (b s e): the hidden state of every position so far, which candidates are compared with
+        self.context = self.model.final_hidden(input_ids, attention_mask=real, cache=self.cache)
+        return self.model.head(self.context[:, -1])
 
     def choose(self, processed: Tensor) -> Tensor:
-        b, k = processed.shape[0], self.top_k
-        top_probs, candidates = processed.softmax(dim=-1).topk(k, dim=-1)  # (b k)
-        # Every candidate one step ahead: row i's cache copied k times, the k candidates as one batch.
-        ahead = self.cache.take_rows(torch.arange(b, device=processed.device).repeat_interleave(k))
-        hidden = self.model.final_hidden(candidates.reshape(b * k, 1), cache=ahead)[:, -1].float()  # ((b k) d)
-        hidden = hidden.view(b, k, -1)
+        b, c = processed.shape[0], self.top_k  # c candidates per row
+        top_probs, candidates = processed.softmax(dim=-1).topk(c, dim=-1)  # (b c)
+        # Every candidate one step ahead: row i's cache copied c times, the candidates as one batch.
+        ahead = self.cache.take_rows(torch.arange(b, device=processed.device).repeat_interleave(c))
+        hidden = self.model.final_hidden(candidates.reshape(b * c, 1), cache=ahead)[:, -1].float()  # ((b c) e)
+        hidden = hidden.view(b, c, -1)
         # Degeneration penalty: the highest cosine similarity to any earlier real position.
         context = self.context.float()
         similarity = einsum(hidden / hidden.norm(dim=-1, keepdim=True), context / context.norm(dim=-1, keepdim=True),
-                            "b k d, b s d -> b k s")
-        padding = (~self.context_real).float() * torch.finfo(similarity.dtype).min  # padding never counts
-        penalty = (similarity + padding[:, None, :]).amax(dim=-1)  # (b k)
+                            "b c e, b s e -> b c s")
+        real = self.cache.real[:, : context.shape[1]]  # (b s): the cache knows which positions are padding
+        padding = (~real).float() * torch.finfo(similarity.dtype).min  # padding never counts
+        penalty = (similarity + padding[:, None, :]).amax(dim=-1)  # (b c)
         best = ((1 - self.alpha) * top_probs - self.alpha * penalty).argmax(dim=-1)  # (b)
         # Keep the chosen candidate's cache row, hidden state and next logits: no second forward.
-        kept = torch.arange(b, device=processed.device) * k + best
+        kept = torch.arange(b, device=processed.device) * c + best
         self.cache = ahead.take_rows(kept)
-        chosen_hidden = hidden.view(b * k, -1)[kept]  # (b d)
+        chosen_hidden = hidden.view(b * c, -1)[kept]  # (b e)
         self.context = torch.cat([self.context, chosen_hidden[:, None].to(self.context.dtype)], dim=1)
-        self.context_real = torch.cat([self.context_real, self.context_real.new_ones(b, 1)], dim=1)
         self.next_logits = self.model.head(chosen_hidden.to(self.context.dtype))
         return candidates.gather(1, best[:, None])[:, 0]
 
@@ -93,12 +94,10 @@ def contrastive_search(
     in [0, 1] weighs the degeneration penalty against the model's confidence; top_k >= 1 candidates
     are run ahead each step, so a step costs a forward of b * top_k rows. Padding and stopping as in greedy.
     """
-    eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    rules = decoding_rules(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                           no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
     check_float("penalty_alpha", penalty_alpha, 0.0, 1.0)
     check_int("top_k", top_k, 1, model.config.vocab_size)
-    processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-                       eos_ids=eos)
-    return token_loop(model, input_ids, step=ContrastiveStep(model, penalty_alpha, top_k), processors=processors,
-                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, eos_ids=eos, pad_token_id=pad,
-                      on_token=on_token, alternatives=alternatives, keep_logprobs=keep_logprobs)
+    return token_loop(model, input_ids, step=ContrastiveStep(model, penalty_alpha, top_k), rules=rules,
+                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, on_token=on_token,
+                      alternatives=alternatives, keep_logprobs=keep_logprobs)

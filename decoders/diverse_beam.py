@@ -11,6 +11,8 @@ last release that ships them, with three of its rules that 5.x beam search does 
 is done when its pool is full and its best *candidate* of the step (an ending one included) cannot
 beat the pool's worst; a done group's beams count as padding in later groups' penalty; and at the
 last step the ending candidates join the pool as at any step, and then every running beam does.
+
+Axes: b prompts, g groups, k beams of a group, c candidates, v vocabulary.
 """
 
 from __future__ import annotations
@@ -66,42 +68,44 @@ def diverse_beam_search(
     if num_beam_groups == 1:
         return beam_search(model, input_ids, num_beams=num_beams, **options)
     search = BeamSetup(model, input_ids, num_beams=num_beams, **options)
-    b, v, groups, s = search.prompts, search.vocab, num_beam_groups, num_beams // num_beam_groups  # s beams a group
-    running = [search.hypotheses(s, live=[0]) for _ in range(groups)]  # every group starts from the prompt
-    pools = [search.hypotheses(s, live=[]) for _ in range(groups)]
+    b, v, groups, k = search.prompts, search.vocab, num_beam_groups, num_beams // num_beam_groups  # k beams a group
+    running = [search.hypotheses(k, live=[0]) for _ in range(groups)]  # every group starts from the prompt
+    pools = [search.hypotheses(k, live=[]) for _ in range(groups)]
     improvable = [torch.ones(b, 1, dtype=torch.bool, device=input_ids.device) for _ in range(groups)]
-    logits, cache = search.prefill(num_beams)  # cache rows in (prompt, group, beam) order
+    logits, cache = search.prefill(num_beams)  # cache rows (b g k)
     first_row = torch.arange(b, device=input_ids.device)[:, None] * num_beams  # (b 1)
     at = search.prompt_length
     for step in range(max_new_tokens):
-        by_group = logits.view(b, groups, s, v)
-        chosen_so_far: list[Tensor] = []  # (b s) tokens of each earlier group at this step
+        by_group = logits.view(b, groups, k, v)
+        real = cache.real.view(b, groups, k, -1)  # the cache's record of which tokens are real
+        chosen_so_far: list[Tensor] = []  # (b k) tokens of each earlier group at this step
         rows = []
         for g in range(groups):
             earlier = torch.cat(chosen_so_far, dim=1) if chosen_so_far else None
             penalise = None if earlier is None else (
-                lambda logprobs: hamming_diversity(logprobs.view(b, s, v), earlier, diversity_penalty).flatten(0, 1))
-            logprobs, processed = search.process(by_group[:, g].reshape(b * s, v), running[g], step, before=penalise)
-            totals = score_continuations(running[g], processed.view(b, s, v))  # 1.
-            scores, parent, token = best_candidates(totals, search.candidates_per_search(s), v)  # 2.
+                lambda logprobs: hamming_diversity(logprobs.view(b, k, v), earlier, diversity_penalty).flatten(0, 1))
+            logprobs, processed = search.process(by_group[:, g].reshape(b * k, v), running[g], real[:, g].flatten(0, 1),
+                                                 step, before=penalise)
+            totals = score_continuations(running[g], processed.view(b, k, v))  # 1.
+            scores, parent, token = best_candidates(totals, search.candidates_per_search(k), v)  # 2.
             candidates = extend(running[g], parent, token, scores, step, at, *search.records(logprobs, processed, token, parent))
-            ends = torch.isin(token, search.eos_tensor)  # only EOS ends a candidate, even at the last step
-            pools[g] = update_finished(pools[g], candidates, ends, s, step, length_penalty, ~improvable[g])  # 3.
-            running[g], chosen = next_beams(candidates, ends, s)  # 4.
-            rows.append(parent.gather(1, chosen) + g * s + first_row)  # the cache row each beam continues
+            ends = torch.isin(token, search.eos)  # only EOS ends a candidate, even at the last step
+            pools[g] = update_finished(pools[g], candidates, ends, k, step, length_penalty, ~improvable[g])  # 3.
+            running[g], chosen = next_beams(candidates, ends, k)  # 4.
+            rows.append(parent.gather(1, chosen) + g * k + first_row)  # the cache row each beam continues
             done_before = ~improvable[g]  # a group done at an earlier step offers only padding to the next groups
-            chosen_so_far.append(torch.where(done_before, search.pad, running[g].tokens[:, :, at + step]))
+            chosen_so_far.append(torch.where(done_before, search.rules.pad_token_id, running[g].tokens[:, :, at + step]))
             improvable[g] = still_improvable(pools[g], scores[:, :1], improvable[g], early_stopping, length_penalty,  # 5.
                                              step + 1, max_new_tokens)
             if step == max_new_tokens - 1:  # 4.55.4's finalize: every running beam of a group not done joins its pool
                 everyone = torch.ones_like(running[g].finished)
-                pools[g] = update_finished(pools[g], running[g], everyone, s, step, length_penalty, ~improvable[g])
+                pools[g] = update_finished(pools[g], running[g], everyone, k, step, length_penalty, ~improvable[g])
         cache.reorder(torch.cat(rows, dim=1).flatten())
         if not any(bool(i.any()) for i in improvable) or step == max_new_tokens - 1:
             break
-        next_tokens = torch.stack([r.tokens[:, :, at + step] for r in running], dim=1)  # (b groups s)
+        next_tokens = torch.stack([r.tokens[:, :, at + step] for r in running], dim=1)  # (b g k)
         logits = model.next_logits(next_tokens.reshape(b * num_beams), cache)
     pool = pools[0]
     for other in pools[1:]:
-        pool = pool.joined(other)  # (b, groups * s): the best of every group's pool compete
+        pool = pool.joined(other)  # (b (g k)): the best of every group's pool compete
     return search.result(pool, num_return_sequences)

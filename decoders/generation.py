@@ -16,6 +16,9 @@ from minigpt.checks import check_float, check_int, check_token_id, check_token_i
 from minigpt.config import GPTConfig
 from minigpt.kv_cache import KVCache
 
+from . import processors
+from .processors import Processor
+
 ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
 
 
@@ -96,6 +99,10 @@ class DecoderModel(Protocol):
     device: torch.device
     dtype: torch.dtype
 
+    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                     head_mask: Tensor | None = None) -> Tensor:
+        """The checks of the forward pass alone; returns which new positions hold real tokens (b t)."""
+
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
                  head_mask: Tensor | None = None, only_last: bool = False) -> Tensor:
         """Checked forward: ids (b t) -> logits (b t v), filling `cache` (the prefill)."""
@@ -120,24 +127,43 @@ def check_model(model) -> None:
                          f"got {type(model).__name__}")
 
 
-def check_prompt(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int) -> Tensor:
-    """Validate a prompt batch; returns its attention mask as bool (b t)."""
+def prompt_real(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int) -> Tensor:
+    """Check a prompt batch for decoding; returns which of its positions hold real tokens (b t)."""
     check_model(model)
     check_int("max_new_tokens", max_new_tokens, low=0)
-    check_token_ids(input_ids, model.config.vocab_size)
+    real = model.check_inputs(input_ids, attention_mask)  # the model's own checks of ids and mask
     context = model.config.n_positions
     if input_ids.shape[1] + max_new_tokens > context:
         raise ValueError(
             f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"context of {context} positions; shorten one (nothing is truncated for you)"
         )
-    mask = real_tokens(input_ids, attention_mask)
-    if not bool(mask[:, -1].all()):
+    if not bool(real[:, -1].all()):
         raise ValueError("attention_mask must be left-padded: every row's last column must be a real token")
-    return mask
+    return real
 
 
-def check_options(
+def eos_ids(eos_token_id: int | Sequence[int] | None, vocab_size: int) -> tuple[int, ...]:
+    """The EOS ids as a tuple (transformers also takes a list, and a row stops at any of them)."""
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, (list, tuple)):
+        if not eos_token_id:
+            raise ValueError("eos_token_id is an empty list; give None for no EOS")
+        return tuple(check_token_id(f"eos_token_id[{i}]", e, vocab_size) for i, e in enumerate(eos_token_id))
+    return (check_token_id("eos_token_id", eos_token_id, vocab_size),)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The options every decoder takes, checked and put to use."""
+
+    eos_ids: tuple[int, ...]  # a row stops at any of these
+    pad_token_id: int  # what a row holds after it stopped
+    processors: Processor  # what each step's logits go through before a token is chosen
+
+
+def decoding_rules(
     model,
     *,
     eos_token_id: int | Sequence[int] | None,
@@ -145,26 +171,22 @@ def check_options(
     min_new_tokens: int,
     no_repeat_ngram_size: int,
     repetition_penalty: float,
-) -> tuple[tuple[int, ...], int]:
-    """Validate the options all decoders share. Returns the EOS ids (a tuple: transformers also
-    takes a list, and a row stops at any of them) and the pad id (the first EOS unless given)."""
+    then: Sequence[Processor] = (),
+) -> Rules:
+    """Check the options all decoders share and turn them into Rules. The pad id defaults to the
+    first EOS id; `then`: processors of the decoder's own (sampling's), run after the shared ones."""
     check_model(model)
     vocab = model.config.vocab_size
-    if eos_token_id is None:
-        eos = ()
-    elif isinstance(eos_token_id, (list, tuple)):
-        if not eos_token_id:
-            raise ValueError("eos_token_id is an empty list; give None for no EOS")
-        eos = tuple(check_token_id(f"eos_token_id[{i}]", e, vocab) for i, e in enumerate(eos_token_id))
-    else:
-        eos = (check_token_id("eos_token_id", eos_token_id, vocab),)
+    eos = eos_ids(eos_token_id, vocab)
     if pad_token_id is not None:
         check_token_id("pad_token_id", pad_token_id, vocab)
     check_int("min_new_tokens", min_new_tokens, low=0)
     check_int("no_repeat_ngram_size", no_repeat_ngram_size, low=0)
     check_float("repetition_penalty", repetition_penalty, *SCALE_RANGE)
-    pad = pad_token_id if pad_token_id is not None else eos[0] if eos else 0
-    return eos, pad
+    steps = processors.shared(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                              min_new_tokens=min_new_tokens, eos_ids=eos)
+    return Rules(eos_ids=eos, pad_token_id=pad_token_id if pad_token_id is not None else eos[0] if eos else 0,
+                 processors=processors.chain([*steps, *then]))
 
 
 def repeat_rows(rows: Tensor, times: int, name: str) -> Tensor:

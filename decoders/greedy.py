@@ -6,8 +6,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from .generation import ALTERNATIVES, DecoderModel, Generation, check_options
-from .processors import chain
+from .generation import ALTERNATIVES, DecoderModel, Generation, decoding_rules
 from .token_loop import FeedBack, token_loop
 
 
@@ -34,11 +33,8 @@ def greedy(
     lengths are left-padded, with attention_mask marking the real tokens. Each step remembers its `alternatives` likeliest
     tokens, and with keep_logprobs=True its whole log-probability row (`Generation.step_logprobs`).
     """
-    eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
-    processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size,
-                       min_new_tokens=min_new_tokens, eos_ids=eos)
-    return token_loop(model, input_ids, step=FeedBack(model, lambda logits: logits.argmax(dim=-1)), processors=processors,
-                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, eos_ids=eos,
-                      pad_token_id=pad, on_token=on_token, alternatives=alternatives,
-                      keep_logprobs=keep_logprobs)
+    rules = decoding_rules(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                           no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    return token_loop(model, input_ids, step=FeedBack(model, lambda logits: logits.argmax(dim=-1)), rules=rules,
+                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, on_token=on_token,
+                      alternatives=alternatives, keep_logprobs=keep_logprobs)

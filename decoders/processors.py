@@ -3,8 +3,10 @@
 They mirror transformers' `generation/logits_process.py` and run in its order (`chain`):
 repetition penalty, n-gram blocking, minimum length, then, when sampling, temperature, top-k,
 top-p, min-p, typical-p. Diverse beam search subtracts its Hamming penalty before all of them.
-History-based ones take the tokens so far (b n) and `real` (b n), False on left padding,
-so padding never changes a row's answer.
+History-based ones take the tokens so far (b s) and `real` (b s), False on left padding (the
+KV cache's own record of it), so padding never changes a row's answer.
+
+Axes: b rows, s tokens so far, v vocabulary.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-Processor = Callable[[Tensor, Tensor, Tensor, int], Tensor]  # (logits, tokens, real, new_so_far) -> logits
+# (logits (b v), tokens (b s), real (b s), how many tokens were generated so far) -> logits (b v)
+Processor = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 
 
-def repetition_penalty(logits: Tensor, tokens: Tensor, real: Tensor, penalty: float) -> Tensor:
+def penalize_repeats(logits: Tensor, tokens: Tensor, real: Tensor, penalty: float) -> Tensor:
     """Make every token already in the row less likely (CTRL, Keskar et al. 2019): positive
     logits are divided by the penalty, negative ones multiplied, each distinct token once."""
     vocab = logits.shape[-1]
@@ -28,16 +31,16 @@ def repetition_penalty(logits: Tensor, tokens: Tensor, real: Tensor, penalty: fl
     return torch.where(in_history[:, :vocab], penalized, logits)
 
 
-def no_repeat_ngram(logits: Tensor, tokens: Tensor, real: Tensor, n: int) -> Tensor:
+def ban_repeated_ngrams(logits: Tensor, tokens: Tensor, real: Tensor, n: int) -> Tensor:
     """Forbid any token that would complete an n-gram the row already holds (prompt included)."""
     if tokens.shape[1] < n:
         return logits
-    windows = tokens.unfold(1, n, 1)  # (b w n): every n-gram so far
-    whole = real.unfold(1, n, 1).all(dim=-1)  # (b w): n-grams that do not reach into padding
+    windows = tokens.unfold(1, n, 1)  # (b windows n): every n-gram so far
+    whole = real.unfold(1, n, 1).all(dim=-1)  # (b windows): n-grams that do not reach into padding
     prefix = tokens[:, tokens.shape[1] - (n - 1) :]  # (b n-1): the last n-1 tokens
     # An earlier n-gram whose first n-1 tokens equal the last n-1 would be repeated by its last
     # token: that token is banned. (For n = 1 the prefix is empty and every token so far is banned.)
-    completes = (windows[..., :-1] == prefix[:, None, :]).all(dim=-1) & whole  # (b w)
+    completes = (windows[..., :-1] == prefix[:, None, :]).all(dim=-1) & whole  # (b windows)
     vocab = logits.shape[-1]
     banned = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
     # every window scatters somewhere: one that completes nothing goes to the spare column v, cut off below
@@ -52,29 +55,29 @@ def forbid_tokens(logits: Tensor, token_ids: list[int]) -> Tensor:
     return logits
 
 
-def temperature(logits: Tensor, t: float) -> Tensor:
-    """t < 1 sharpens the distribution, t > 1 flattens it."""
-    return logits / t
+def divide_by_temperature(logits: Tensor, temperature: float) -> Tensor:
+    """A temperature below 1 sharpens the distribution, above 1 flattens it."""
+    return logits / temperature
 
 
-def top_k(logits: Tensor, k: int) -> Tensor:
-    """Keep the k most likely tokens (and any tied with the k-th)."""
-    kth = torch.topk(logits, min(k, logits.shape[-1])).values[:, -1:]  # (b 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
+def keep_top_k(logits: Tensor, count: int) -> Tensor:
+    """Keep the `count` most likely tokens (and any tied with the last of them)."""
+    last = torch.topk(logits, min(count, logits.shape[-1])).values[:, -1:]  # (b 1)
+    return logits.masked_fill(logits < last, float("-inf"))
 
 
-def top_p(logits: Tensor, p: float) -> Tensor:
+def keep_top_p(logits: Tensor, mass: float) -> Tensor:
     """Nucleus sampling (Holtzman et al. 2019): keep the most likely tokens whose probabilities
-    reach p, including the one that crosses it. Computed from the unlikely end, as transformers
-    does: drop tokens while their cumulative probability stays within 1 - p."""
+    reach `mass` (top_p), including the one that crosses it. Computed from the unlikely end, as
+    transformers does: drop tokens while their cumulative probability stays within 1 - mass."""
     ascending, order = torch.sort(logits, descending=False)
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-    drop = cumulative <= (1 - p)
+    drop = cumulative <= (1 - mass)
     drop[:, -1] = False  # the most likely token always stays
     return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
 
 
-def min_p(logits: Tensor, fraction: float) -> Tensor:
+def keep_min_p(logits: Tensor, fraction: float) -> Tensor:
     """Min-p sampling (Nguyen et al. 2024): keep the tokens at least `fraction` as likely as the
     likeliest one; the cut follows the model's confidence, unlike a fixed top-p mass."""
     probs = logits.softmax(dim=-1)
@@ -83,7 +86,7 @@ def min_p(logits: Tensor, fraction: float) -> Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def typical_p(logits: Tensor, mass: float) -> Tensor:
+def keep_typical(logits: Tensor, mass: float) -> Tensor:
     """Locally typical sampling (Meister et al. 2023): keep the tokens whose surprise -log p is
     closest to the distribution's entropy (its expected surprise), until their probabilities reach
     `mass`, including the one that crosses it."""
@@ -101,43 +104,43 @@ def typical_p(logits: Tensor, mass: float) -> Tensor:
 def hamming_diversity(logprobs: Tensor, earlier: Tensor, penalty: float) -> Tensor:
     """Diverse beam search (Vijayakumar et al. 2016): lower each token's score by `penalty` times
     the number of earlier groups' beams that chose it at this step. logprobs (b k v) for one
-    group's k beams of b prompts; earlier (b e) the tokens the earlier groups chose."""
+    group's k beams of b prompts; earlier (b chosen) the tokens the earlier groups chose."""
     counts = torch.zeros(logprobs.shape[0], logprobs.shape[-1], device=logprobs.device)
     counts.scatter_add_(1, earlier, torch.ones_like(earlier, dtype=counts.dtype))  # (b v): times chosen
     return logprobs - penalty * counts[:, None, :]
 
 
-def chain(
-    *,
-    repetition: float = 1.0,
-    ngram: int = 0,
-    min_new_tokens: int = 0,
-    eos_ids: tuple[int, ...] = (),
-    t: float = 1.0,
-    k: int = 0,
-    p: float = 1.0,
-    min_fraction: float = 0.0,
-    typical_mass: float = 1.0,
-) -> Processor:
-    """The processors these options ask for, composed in transformers' order; off ones are left out."""
+def shared(*, repetition_penalty: float, no_repeat_ngram_size: int, min_new_tokens: int,
+           eos_ids: tuple[int, ...]) -> list[Processor]:
+    """The processors every decoder's options ask for, in transformers' order; off ones left out."""
     steps: list[Processor] = []
-    if repetition != 1.0:
-        steps.append(lambda x, tokens, real, new: repetition_penalty(x, tokens, real, repetition))
-    if ngram > 0:
-        steps.append(lambda x, tokens, real, new: no_repeat_ngram(x, tokens, real, ngram))
+    if repetition_penalty != 1.0:
+        steps.append(lambda x, tokens, real, new: penalize_repeats(x, tokens, real, repetition_penalty))
+    if no_repeat_ngram_size > 0:
+        steps.append(lambda x, tokens, real, new: ban_repeated_ngrams(x, tokens, real, no_repeat_ngram_size))
     if min_new_tokens > 0 and eos_ids:
         steps.append(lambda x, tokens, real, new: forbid_tokens(x, list(eos_ids)) if new < min_new_tokens else x)
-    if t != 1.0:
-        steps.append(lambda x, tokens, real, new: temperature(x, t))
-    if k > 0:
-        steps.append(lambda x, tokens, real, new: top_k(x, k))
-    if p < 1.0:
-        steps.append(lambda x, tokens, real, new: top_p(x, p))
-    if min_fraction > 0.0:
-        steps.append(lambda x, tokens, real, new: min_p(x, min_fraction))
-    if typical_mass < 1.0:
-        steps.append(lambda x, tokens, real, new: typical_p(x, typical_mass))
+    return steps
 
+
+def sampling(*, temperature: float, top_k: int, top_p: float, min_p: float, typical_p: float) -> list[Processor]:
+    """The processors sampling adds after the shared ones, in transformers' order; off ones left out."""
+    steps: list[Processor] = []
+    if temperature != 1.0:
+        steps.append(lambda x, tokens, real, new: divide_by_temperature(x, temperature))
+    if top_k > 0:
+        steps.append(lambda x, tokens, real, new: keep_top_k(x, top_k))
+    if top_p < 1.0:
+        steps.append(lambda x, tokens, real, new: keep_top_p(x, top_p))
+    if min_p > 0.0:
+        steps.append(lambda x, tokens, real, new: keep_min_p(x, min_p))
+    if typical_p < 1.0:
+        steps.append(lambda x, tokens, real, new: keep_typical(x, typical_p))
+    return steps
+
+
+def chain(steps: list[Processor]) -> Processor:
+    """The steps as one processor, applied in the order given."""
     def run(logits: Tensor, tokens: Tensor, real: Tensor, new_so_far: int) -> Tensor:
         for step in steps:
             logits = step(logits, tokens, real, new_so_far)

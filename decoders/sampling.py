@@ -9,8 +9,8 @@ from torch import Tensor
 
 from minigpt.checks import check_float, check_int
 
-from .generation import ALTERNATIVES, DecoderModel, SCALE_RANGE, Generation, check_options, repeat_rows
-from .processors import chain
+from . import processors
+from .generation import ALTERNATIVES, DecoderModel, SCALE_RANGE, Generation, decoding_rules, repeat_rows
 from .token_loop import FeedBack, token_loop
 
 
@@ -39,8 +39,8 @@ def sample(
     """Extend each prompt row by up to max_new_tokens sampled tokens.
 
     top_k=0, top_p=1.0, min_p=0.0 and typical_p=1.0 are off; they apply in transformers' order
-    (temperature, top-k, top-p, min-p, typical-p). num_return_sequences=n draws n continuations of
-    each prompt: rows (b n) of the result, the prompts repeated as transformers repeats them, so
+    (temperature, top-k, top-p, min-p, typical-p). num_return_sequences=r draws r continuations of
+    each prompt: rows (b r) of the result, the prompts repeated as transformers repeats them, so
     seeded tokens stay equal. Note that transformers' generate() applies top_k=50 when
     sampling unless told otherwise; pass top_k=50 here to get its default behaviour.
     temperature=0 is the limit of an ever sharper distribution: it decodes greedily (argmax of
@@ -59,23 +59,23 @@ def sample(
     check_int("num_return_sequences", num_return_sequences, 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    eos, pad = check_options(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    then = processors.sampling(temperature=temperature or 1.0, top_k=top_k, top_p=top_p, min_p=min_p,
+                               typical_p=typical_p)
+    rules = decoding_rules(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                           no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, then=then)
     if generator is not None and generator.device.type != model.device.type:
         raise ValueError(f"generator is on {generator.device} but the model is on {model.device}; "
                          f"make it with torch.Generator(device={model.device.type!r})")
-    processors = chain(repetition=repetition_penalty, ngram=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-                       eos_ids=eos, t=temperature or 1.0, k=top_k, p=top_p, min_fraction=min_p, typical_mass=typical_p)
 
     def draw(logits: Tensor) -> Tensor:
         if temperature == 0:
             return logits.argmax(dim=-1)
         return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)[:, 0]
 
-    if num_return_sequences > 1:  # each prompt row n times in a row: (b t) -> ((b n) t)
+    if num_return_sequences > 1:  # each prompt row r times in a row: (b t) -> ((b r) t)
         input_ids = repeat_rows(input_ids, num_return_sequences, "input_ids")
         attention_mask = None if attention_mask is None else repeat_rows(attention_mask, num_return_sequences,
                                                                           "attention_mask")
-    return token_loop(model, input_ids, step=FeedBack(model, draw), processors=processors, max_new_tokens=max_new_tokens,
-                      attention_mask=attention_mask, eos_ids=eos, pad_token_id=pad, on_token=on_token,
-                      alternatives=alternatives, keep_logprobs=keep_logprobs)
+    return token_loop(model, input_ids, step=FeedBack(model, draw), rules=rules, max_new_tokens=max_new_tokens,
+                      attention_mask=attention_mask, on_token=on_token, alternatives=alternatives,
+                      keep_logprobs=keep_logprobs)

@@ -3,8 +3,10 @@
 A `Step` says how tokens are chosen and how the next logits are found: `start` runs the prompt
 (prefill, filling the KV cache), `choose` picks a token per row from the processed logits, and
 `advance` gives the logits that follow the chosen tokens. The loop around it applies the logits
-processors, pads rows that have finished, records what a `Generation` reports, and stops.
+processors, pads rows that have stopped, records what a `Generation` reports, and stops.
 Mirrors `GenerationMixin._sample` in transformers' `generation/utils.py`.
+
+Axes: b rows, t prompt positions, s tokens so far, v vocabulary, a alternatives kept per step.
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from .generation import (ALTERNATIVES, DecoderModel, Generation, check_callback, check_prompt, check_record_options,
-                         summarize)
-from .processors import Processor
+from minigpt.kv_cache import KVCache
 
-# Whether every row has finished is read back to the host every this many steps: a read waits for
+from .generation import (ALTERNATIVES, DecoderModel, Generation, Rules, check_callback, check_record_options,
+                         prompt_real, summarize)
+
+# Whether every row has stopped is read back to the host every this many steps: a read waits for
 # the device, so reading every step would stall a GPU between steps. The steps run after the last
-# row finished (at most this many minus one) are trimmed off the result.
+# row stopped (at most this many minus one) are trimmed off the result.
 STOP_CHECK_EVERY = 8
 
 
 class Step(Protocol):
+    cache: KVCache  # filled by `start`; it holds every token so far, and which of them are real
+
     def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
         """The prompt (b t), its real-token mask -> the logits (b v) that follow it."""
 
@@ -59,59 +64,59 @@ def token_loop(
     input_ids: Tensor,
     *,
     step: Step,
-    processors: Processor,
+    rules: Rules,
     max_new_tokens: int,
     attention_mask: Tensor | None,
-    eos_ids: tuple[int, ...],
-    pad_token_id: int,
     on_token: Callable[[Tensor], None] | None = None,
     alternatives: int = ALTERNATIVES,
     keep_logprobs: bool = False,
 ) -> Generation:
-    """on_token: sees each step's tokens (b), for streaming (after every row has finished, it may
+    """on_token: sees each step's tokens (b), for streaming (after every row has stopped, it may
     see up to STOP_CHECK_EVERY - 1 more steps of padding). alternatives: how many of the likeliest
     tokens each step remembers. keep_logprobs: also keep each step's whole processed log-probability row."""
-    real = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    prompt = prompt_real(model, input_ids, attention_mask, max_new_tokens)  # (b t)
     check_callback("on_token", on_token)
     check_record_options(model, alternatives, keep_logprobs)
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
+    eos = torch.tensor(rules.eos_ids, dtype=torch.long, device=input_ids.device)
     b, prompt_length = input_ids.shape
-    tokens = input_ids
-    finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+    tokens = input_ids  # (b s)
+    stopped = torch.zeros(b, dtype=torch.bool, device=input_ids.device)  # (b): a row that chose an EOS
     records: list[dict[str, Tensor]] = []  # what each step records, by Generation's field names
     if max_new_tokens:
-        logits = step.start(input_ids, real, prompt_length + max_new_tokens)
+        logits = step.start(input_ids, prompt, prompt_length + max_new_tokens)
     for new in range(max_new_tokens):
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
-        processed = processors(logits, tokens, real, new)
+        real = step.cache.real[:, : tokens.shape[1]]  # (b s): the cache knows which tokens so far are padding
+        processed = rules.processors(logits, tokens, real, new)
         chosen = step.choose(processed)  # (b)
-        if eos_ids:
-            chosen = chosen.masked_fill(finished, pad_token_id)
+        if rules.eos_ids:
+            chosen = chosen.masked_fill(stopped, rules.pad_token_id)
         processed_logprobs = processed.log_softmax(dim=-1)
         logprobs = processed_logprobs if processed is logits else logits.log_softmax(dim=-1)  # no processor: the same
         entropy, alternative_ids, alternative_probs = summarize(processed_logprobs, alternatives)
         records.append({
-            "scores": processed_logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0),
-            "token_logprobs": logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0),
-            "alive": ~finished, "entropy": entropy,
+            "scores": processed_logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(stopped, 0.0),
+            "token_logprobs": logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(stopped, 0.0),
+            "alive": ~stopped, "entropy": entropy,
             "alternatives": alternative_ids, "alternative_probs": alternative_probs,
         } | ({"step_logprobs": processed_logprobs} if keep_logprobs else {}))
         tokens = torch.cat([tokens, chosen[:, None]], dim=1)
-        real = torch.cat([real, torch.ones_like(chosen[:, None], dtype=torch.bool)], dim=1)
         if on_token is not None:
             on_token(chosen)
-        if eos_ids:
-            finished = finished | torch.isin(chosen, eos)
-            if (new + 1) % STOP_CHECK_EVERY == 0 and bool(finished.all()):
+        if rules.eos_ids:
+            stopped = stopped | torch.isin(chosen, eos)
+            if (new + 1) % STOP_CHECK_EVERY == 0 and bool(stopped.all()):
                 break
         if new + 1 < max_new_tokens:
             logits = step.advance(chosen)
-    return _assemble(tokens, prompt_length, real, records, alternatives, keep_logprobs, model.config.vocab_size)
+    return _assemble(tokens, prompt, records, alternatives, keep_logprobs, model.config.vocab_size)
 
 
-def _assemble(tokens: Tensor, prompt_length: int, real: Tensor, records: list[dict[str, Tensor]],
+def _assemble(tokens: Tensor, prompt: Tensor, records: list[dict[str, Tensor]],
               alternatives: int, keep_logprobs: bool, vocab_size: int) -> Generation:
-    """Stack the steps' records into a Generation: (b) per step -> (b new), (b a) -> (b new a)."""
+    """Stack the steps' records into a Generation: (b) per step -> (b new), (b a) -> (b new a).
+    prompt (b t): which prompt positions are real."""
+    prompt_length = prompt.shape[1]
     if not records:  # max_new_tokens=0: the prompt alone
         b, device = tokens.shape[0], tokens.device
         empty = {"scores": torch.zeros(b, 0, device=device), "alive": torch.zeros(b, 0, dtype=torch.bool, device=device),
@@ -121,10 +126,10 @@ def _assemble(tokens: Tensor, prompt_length: int, real: Tensor, records: list[di
         stacked = empty | ({"step_logprobs": torch.zeros(b, 0, vocab_size, device=device)} if keep_logprobs else {})
     else:
         stacked = {name: torch.stack([record[name] for record in records], dim=1) for name in records[0]}
-        # the steps after every row finished (run until the next stop check) are dropped
+        # the steps after every row stopped (run until the next stop check) are dropped
         steps = int(stacked["alive"].any(dim=0).sum())
         stacked = {name: value[:, :steps] for name, value in stacked.items()}
         tokens = tokens[:, : prompt_length + steps]
     alive = stacked.pop("alive")
-    mask = torch.cat([real[:, :prompt_length], alive], dim=1).long()
+    mask = torch.cat([prompt, alive], dim=1).long()
     return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=mask, **stacked)

@@ -91,7 +91,7 @@ class GPT(nn.Module):
     ) -> Tensor:
         """input_ids (b t) -> the last hidden state (b t d), after the final LayerNorm: what the
         output head reads (contrastive search compares these). Arguments as in `forward`."""
-        real = self._check_inputs(input_ids, attention_mask, cache, head_mask)
+        real = self.check_inputs(input_ids, attention_mask, cache, head_mask)
         return self._run(input_ids, real, cache, head_mask, record=False)[0]
 
     def head(self, hidden: Tensor) -> Tensor:
@@ -101,7 +101,7 @@ class GPT(nn.Module):
     def trace(self, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Trace:
         """The forward pass with every hidden state and attention pattern kept (no cache). The last
         hidden state is before the final LayerNorm; `Trace.after_ln_f` is the one after it."""
-        real = self._check_inputs(input_ids, attention_mask, None, head_mask)
+        real = self.check_inputs(input_ids, attention_mask, None, head_mask)
         final, hidden_states, attentions = self._run(input_ids, real, None, head_mask, record=True)
         return Trace(self.head(final), hidden_states, attentions, final)
 
@@ -145,14 +145,10 @@ class GPT(nn.Module):
                 attentions.append(pattern)
         return self.ln_f(x), hidden_states, attentions
 
-    def _check_inputs(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        cache: KVCache | None,
-        head_mask: Tensor | None,
-    ) -> Tensor:
-        """Check every argument; returns which of the new positions hold real tokens (b t) bool."""
+    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                     head_mask: Tensor | None = None) -> Tensor:
+        """The checks `forward` runs, alone (the decoders check a prompt with them): every argument
+        as in `forward`. Returns which of the new positions hold real tokens (b t) bool."""
         c = self.config
         check_token_ids(input_ids, c.vocab_size)
         if input_ids.device != self.device:

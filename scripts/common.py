@@ -22,6 +22,7 @@ from typing import Callable, NoReturn
 import torch
 
 import decoders
+from decoders.generation import eos_ids
 from minigpt import GPT, GPTConfig, Tokenizer
 from minigpt.fast import WEIGHT_FORMATS, optimize
 from minigpt.checks import check_device
@@ -199,23 +200,21 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def eos_token_id(args: argparse.Namespace, directory: Path, model: GPT) -> int | list[int] | None:
-    """--eos-token-id, or the checkpoint's own (config.json), checked against its vocabulary."""
-    vocab = model.config.vocab_size
+    """--eos-token-id (the decoders check it), or the checkpoint's own (config.json), checked here
+    so that the error says where it came from."""
     if args.eos_token_id is not None:
         if args.eos_token_id.lower() == "none":
             return None
         try:
-            eos = int(args.eos_token_id)
+            return int(args.eos_token_id)
         except ValueError:
             raise ValueError(f"--eos-token-id must be a token id or 'none', got {args.eos_token_id!r}") from None
-        if not 0 <= eos < vocab:
-            raise ValueError(f"--eos-token-id {eos} is outside this checkpoint's vocabulary [0, {vocab})")
-        return eos
     eos = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("eos_token_id")
-    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in ids):
+    try:
+        eos_ids(eos, model.config.vocab_size)
+    except ValueError:
         raise ValueError(f"--eos-token-id: the checkpoint's config names EOS {eos!r}, which is not a token of its "
-                         f"vocabulary [0, {vocab}); pass --eos-token-id ID, or 'none'")
+                         f"vocabulary [0, {model.config.vocab_size}); pass --eos-token-id ID, or 'none'") from None
     return eos
 
 

@@ -68,7 +68,7 @@ def test_sampled_tokens_lie_inside_the_top_k_and_top_p_sets(seed, k, p):
     with torch.no_grad():
         logits = ours(out.sequences)[:, ids.shape[1] - 1 : -1]  # (b new v): the logits each token was drawn from
     for step in range(out.new_tokens.shape[1]):
-        allowed = torch.isfinite(processors.top_p(processors.top_k(logits[:, step], k), p))
+        allowed = torch.isfinite(processors.keep_top_p(processors.keep_top_k(logits[:, step], k), p))
         assert allowed.sum(-1).max() <= max(k, 1)
         assert allowed.gather(1, out.new_tokens[:, step : step + 1]).all()
 
@@ -156,7 +156,7 @@ def test_repetition_penalty_alone(logits, penalty, seed):
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
     tokens = torch.randint(0, logits.shape[1], (logits.shape[0], 6), generator=torch.Generator().manual_seed(seed))
-    ours = processors.repetition_penalty(logits, tokens, torch.ones_like(tokens, dtype=torch.bool), penalty)
+    ours = processors.penalize_repeats(logits, tokens, torch.ones_like(tokens, dtype=torch.bool), penalty)
     assert torch.equal(ours, RepetitionPenaltyLogitsProcessor(penalty)(tokens, logits.clone()))
 
 
@@ -165,7 +165,7 @@ def test_no_repeat_ngram_alone(logits, n, seed):
     from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
     tokens = torch.randint(0, 3, (logits.shape[0], 9), generator=torch.Generator().manual_seed(seed))  # repeats likely
-    ours = processors.no_repeat_ngram(logits, tokens, torch.ones_like(tokens, dtype=torch.bool), n)
+    ours = processors.ban_repeated_ngrams(logits, tokens, torch.ones_like(tokens, dtype=torch.bool), n)
     assert torch.equal(ours, NoRepeatNGramLogitsProcessor(n)(tokens, logits.clone()))
 
 
@@ -174,17 +174,17 @@ def test_top_k_top_p_temperature_alone(logits, k, p, t):
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     ids = torch.zeros(logits.shape[0], 1, dtype=torch.long)
-    assert torch.equal(processors.top_k(logits, k), TopKLogitsWarper(k)(ids, logits.clone()))
-    assert torch.equal(processors.top_p(logits, p), TopPLogitsWarper(p)(ids, logits.clone()))
-    assert torch.equal(processors.temperature(logits, t), TemperatureLogitsWarper(t)(ids, logits.clone()))
+    assert torch.equal(processors.keep_top_k(logits, k), TopKLogitsWarper(k)(ids, logits.clone()))
+    assert torch.equal(processors.keep_top_p(logits, p), TopPLogitsWarper(p)(ids, logits.clone()))
+    assert torch.equal(processors.divide_by_temperature(logits, t), TemperatureLogitsWarper(t)(ids, logits.clone()))
 
 
 def test_padding_is_not_history_for_ngrams_or_penalties():
     logits = torch.zeros(1, 5)
     tokens = torch.tensor([[3, 3, 2, 3]])
     real = torch.tensor([[False, False, True, True]])  # the first two are padding
-    assert torch.isfinite(processors.no_repeat_ngram(logits, tokens, real, 2)).all()  # (3, 3) was padding
-    assert processors.repetition_penalty(logits + 1, tokens, real, 2.0).tolist() == [[1, 1, 0.5, 0.5, 1]]
+    assert torch.isfinite(processors.ban_repeated_ngrams(logits, tokens, real, 2)).all()  # (3, 3) was padding
+    assert processors.penalize_repeats(logits + 1, tokens, real, 2.0).tolist() == [[1, 1, 0.5, 0.5, 1]]
 
 
 @given(seeds, st.sampled_from([1, 3, 8]))

@@ -54,7 +54,7 @@ def test_ngram_blocking_never_counts_padding_as_history():
 
     tokens = torch.tensor([[PAD, PAD, 5, 6, PAD]])
     real = torch.tensor([[False, False, True, True, True]])
-    ours = processors.no_repeat_ngram(torch.zeros(1, 64), tokens, real, 2)
+    ours = processors.ban_repeated_ngrams(torch.zeros(1, 64), tokens, real, 2)
     theirs = NoRepeatNGramLogitsProcessor(2)(tokens, torch.zeros(1, 64))
     assert ours.isinf().nonzero().flatten().tolist() == []
     assert theirs[0].isinf().nonzero().flatten().tolist() == [PAD, 5]

@@ -101,7 +101,7 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--decoder", "sample", "--temperature", "1e-45"],
      "--temperature must be 0 (greedy) or in [1e-06, 1e+06]"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--repetition-penalty", "1e-45"], "--repetition-penalty must be in"),
-    ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--eos-token-id", "99999"], "--eos-token-id 99999 is outside"),
+    ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--eos-token-id", "99999"], "--eos-token-id must be in [0, 50256], got 99999"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--eos-token-id", "end"], "--eos-token-id must be a token id or 'none'"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--fast", "float16"], "argument --fast: invalid choice: 'float16'"),
     ("generate.py", [W, "{tiny}", "--prompt", "!"], "--eos-token-id: the checkpoint's config names EOS 50256"),

@@ -131,7 +131,7 @@ def save_gpt2(model: GPT, directory: str | os.PathLike, *, eos_token_id: int | N
     if pruned:  # the public layout has one head count for every layer
         raise ValueError(f"cannot save a model with pruned heads (layers {pruned}) in the public GPT-2 layout, "
                          "which gives every layer n_head heads; save the unpruned model and prune after loading")
-    public = ours_to_public(model.state_dict(), config.n_layer, config.n_positions)
+    public = ours_to_public(model.state_dict(), config)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         written[0].write_text(json.dumps(config.to_hf_dict(eos_token_id), indent=2) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ transposed on the way in and back on the way out. Everything else is copied as i
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -17,27 +18,8 @@ from minigpt.config import GPTConfig
 
 from .safetensors_io import FLOAT_DTYPES, StoredTensor
 
-# (our name, public name, stored as Conv1D [in, out]); {i} is the block index
-GLOBAL_NAMES = [
-    ("wte.weight", "wte.weight", False),
-    ("wpe.weight", "wpe.weight", False),
-    ("ln_f.weight", "ln_f.weight", False),
-    ("ln_f.bias", "ln_f.bias", False),
-]
-BLOCK_NAMES = [
-    ("blocks.{i}.ln_1.weight", "h.{i}.ln_1.weight", False),
-    ("blocks.{i}.ln_1.bias", "h.{i}.ln_1.bias", False),
-    ("blocks.{i}.attn.c_attn.weight", "h.{i}.attn.c_attn.weight", True),
-    ("blocks.{i}.attn.c_attn.bias", "h.{i}.attn.c_attn.bias", False),
-    ("blocks.{i}.attn.c_proj.weight", "h.{i}.attn.c_proj.weight", True),
-    ("blocks.{i}.attn.c_proj.bias", "h.{i}.attn.c_proj.bias", False),
-    ("blocks.{i}.ln_2.weight", "h.{i}.ln_2.weight", False),
-    ("blocks.{i}.ln_2.bias", "h.{i}.ln_2.bias", False),
-    ("blocks.{i}.mlp.c_fc.weight", "h.{i}.mlp.c_fc.weight", True),
-    ("blocks.{i}.mlp.c_fc.bias", "h.{i}.mlp.c_fc.bias", False),
-    ("blocks.{i}.mlp.c_proj.weight", "h.{i}.mlp.c_proj.weight", True),
-    ("blocks.{i}.mlp.c_proj.bias", "h.{i}.mlp.c_proj.bias", False),
-]
+# Conv1D stores [in, out]; nn.Linear wants [out, in]: these are transposed on the way in and out
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Stored in some files but not weights: the causal-mask buffers of old GPT2Attention (we build
 # the mask from positions) and the output head, which GPT-2 ties to wte.
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
@@ -47,32 +29,30 @@ BLOCK_INDEX = re.compile(r"h\.(\d+)\.")
 TRANSFORMERS_PREFIX = "transformer."
 
 
-def name_table(n_layer: int) -> list[tuple[str, str, bool]]:
-    """Every (ours, public, transposed) triple of a model with n_layer blocks."""
-    per_block = [(o.format(i=i), p.format(i=i), t) for i in range(n_layer) for o, p, t in BLOCK_NAMES]
-    return GLOBAL_NAMES + per_block
+class Entry(NamedTuple):
+    ours: str
+    public: str
+    shape: tuple[int, ...]  # as the public file stores it
+    conv1d: bool  # stored [in, out]: transposed between the file and the model
 
 
-def public_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """The shape each public tensor must have for `config` (Conv1D weights as [in, out])."""
-    d, w = config.n_embd, config.mlp_width
-    by_suffix = {
-        "ln_1.weight": (d,), "ln_1.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
+def layout(config: GPTConfig) -> list[Entry]:
+    """Every weight of a GPT-2 of this config. Our names are the public ones, but for the list of
+    blocks: ours `blocks.{i}`, the file's `h.{i}`."""
+    d, w = config.n_embd, config.mlp_width  # model width, MLP width
+    whole = {"wte.weight": (config.vocab_size, d), "wpe.weight": (config.n_positions, d),
+             "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    in_block = {
+        "ln_1.weight": (d,), "ln_1.bias": (d,),
         "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
         "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
+        "ln_2.weight": (d,), "ln_2.bias": (d,),
         "mlp.c_fc.weight": (d, w), "mlp.c_fc.bias": (w,),
         "mlp.c_proj.weight": (w, d), "mlp.c_proj.bias": (d,),
     }
-    shapes = {
-        "wte.weight": (config.vocab_size, d),
-        "wpe.weight": (config.n_positions, d),
-        "ln_f.weight": (d,),
-        "ln_f.bias": (d,),
-    }
-    for _, public, _ in name_table(config.n_layer):
-        if public.startswith("h."):
-            shapes[public] = by_suffix[public.split(".", 2)[2]]
-    return shapes
+    entries = [Entry(name, name, shape, False) for name, shape in whole.items()]
+    return entries + [Entry(f"blocks.{i}.{name}", f"h.{i}.{name}", shape, name in CONV1D)
+                      for i in range(config.n_layer) for name, shape in in_block.items()]
 
 
 def check_public(listing: dict[str, StoredTensor], config: GPTConfig, where: str) -> None:
@@ -84,7 +64,7 @@ def check_public(listing: dict[str, StoredTensor], config: GPTConfig, where: str
         held = f"blocks h.0 to h.{max(blocks)} ({len(blocks)})" if blocks else "no blocks"
         raise ValueError(f"checkpoint {where}: its config says n_layer={config.n_layer}, but it holds {held}")
     stored = {_unprefixed(name): value for name, value in listing.items()}
-    expected = public_shapes(config)
+    expected = {entry.public: entry.shape for entry in layout(config)}
     missing = set(expected) - set(stored)
     unexpected = {k for k in stored if k not in expected and not NOT_WEIGHTS.fullmatch(k)}
     misshapen = [f"{k}: expected {list(shape)}, found {list(stored[k].shape)}"
@@ -106,7 +86,7 @@ def public_to_ours(tensors: dict[str, Tensor], config: GPTConfig, where: str) ->
     head = tensors.get("lm_head.weight")
     if head is not None and not torch.equal(head, tensors["wte.weight"]):
         raise ValueError(f"checkpoint {where}: lm_head.weight differs from wte.weight, but GPT-2 ties the output head to wte")
-    return {ours: tensors[public].t().contiguous() if conv1d else tensors[public] for ours, public, conv1d in name_table(config.n_layer)}
+    return {e.ours: tensors[e.public].t().contiguous() if e.conv1d else tensors[e.public] for e in layout(config)}
 
 
 def wanted(listing: dict[str, StoredTensor]) -> dict[str, StoredTensor]:
@@ -119,15 +99,17 @@ def _unprefixed(name: str) -> str:
     return name.removeprefix(TRANSFORMERS_PREFIX)
 
 
-def ours_to_public(state: dict[str, Tensor], n_layer: int, n_positions: int) -> dict[str, Tensor]:
+def ours_to_public(state: dict[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
     """Our state dict -> the hub's original layout, mask buffers included, so any reader of the
     public file reads ours."""
-    missing = [o for o, _, _ in name_table(n_layer) if o not in state]
+    entries = layout(config)
+    missing = [e.ours for e in entries if e.ours not in state]
     if missing:  # a model whose modules were swapped (pack_for_cpu, say) no longer holds them
         raise ValueError(f"the model has no tensor for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}: "
                          "save a model built by GPT (an unpacked one)")
-    public = {p: (state[o].t() if conv1d else state[o]).contiguous() for o, p, conv1d in name_table(n_layer)}
-    causal = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.float32)).view(1, 1, n_positions, n_positions)
-    for i in range(n_layer):
+    public = {e.public: (state[e.ours].t() if e.conv1d else state[e.ours]).contiguous() for e in entries}
+    n = config.n_positions
+    causal = torch.tril(torch.ones(n, n, dtype=torch.float32)).view(1, 1, n, n)
+    for i in range(config.n_layer):
         public[f"h.{i}.attn.bias"] = causal.clone()  # safetensors refuses tensors that share memory
     return public
