@@ -1,7 +1,8 @@
 """What a decoder returns (`Generation`), the checks every decoder makes on its inputs, and
 `sequence_logprob`, log p(continuation | prompt) with gradients.
 
-Axes: n returned rows, b prompts, t tokens, v vocabulary, a alternatives kept per step.
+Axes: b rows of the result (prompts, times num_return_sequences), t positions, new generated
+positions, v vocabulary, a alternatives kept per step.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
 
 @dataclass
 class Generation:
-    sequences: Tensor  # (n, prompt + new): rows that finished early are padded with pad_token_id
+    sequences: Tensor  # (b, prompt + new): rows that finished early are padded with pad_token_id
     prompt_length: int  # columns of `sequences` that are the (left-padded) prompt
-    attention_mask: Tensor  # (n, prompt + new): 1 for real tokens (prompt, new tokens, the EOS)
-    scores: Tensor  # (n, new): processed log-probability of each chosen token; 0 once a row finished
-    token_logprobs: Tensor  # (n, new): the model's own (unprocessed) log-probability of each chosen token
-    entropy: Tensor  # (n, new): entropy in nats of the processed distribution the token was chosen from
-    alternatives: Tensor  # (n, new, a): the a most likely tokens of that distribution; -1 where fewer remained
-    alternative_probs: Tensor  # (n, new, a): and their probabilities (0 where the id is -1)
-    sequence_scores: Tensor | None = None  # (n,) beam search: sum(scores) / new_length ** length_penalty
-    # (n, new, v) with keep_logprobs=True: the whole processed log-probability row of each step, the
+    attention_mask: Tensor  # (b, prompt + new): 1 for real tokens (prompt, new tokens, the EOS)
+    scores: Tensor  # (b, new): processed log-probability of each chosen token; 0 once a row finished
+    token_logprobs: Tensor  # (b, new): the model's own (unprocessed) log-probability of each chosen token
+    entropy: Tensor  # (b, new): entropy in nats of the processed distribution the token was chosen from
+    alternatives: Tensor  # (b, new, a): the a most likely tokens of that distribution; -1 where fewer remained
+    alternative_probs: Tensor  # (b, new, a): and their probabilities (0 where the id is -1)
+    sequence_scores: Tensor | None = None  # (b,) beam search: sum(scores) / new_length ** length_penalty
+    # (b, new, v) with keep_logprobs=True: the whole processed log-probability row of each step, the
     # distribution the token was chosen from (P(EOS) per step, sums to 1, without a second pass)
     step_logprobs: Tensor | None = None
 
@@ -43,7 +44,7 @@ class Generation:
 
     @property
     def new_lengths(self) -> Tensor:
-        """(n,) how many tokens each row generated, EOS included."""
+        """(b,) how many tokens each row generated, EOS included."""
         return self.attention_mask[:, self.prompt_length :].sum(dim=1)
 
     def choices(self, row: int = 0, decode=None) -> str:
@@ -64,13 +65,13 @@ class Generation:
         return "\n".join(lines)
 
 
-def summarize(logprobs: Tensor, k: int = ALTERNATIVES) -> tuple[Tensor, Tensor, Tensor]:
-    """(rows v) log-probabilities -> entropy (rows), top-k ids (rows k), their probabilities (rows k).
+def summarize(logprobs: Tensor, count: int = ALTERNATIVES) -> tuple[Tensor, Tensor, Tensor]:
+    """(b v) log-probabilities -> entropy (b), the `count` likeliest ids (b a), their probabilities (b a).
     A token a processor removed (log p = -inf) is never listed: its id is -1."""
     probs = logprobs.exp()
     # a removed token has p = 0 and log p = -inf; clamping makes its term 0 * (finite) = 0, not NaN
     entropy = -(probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(dim=-1)
-    top = torch.topk(logprobs, k, dim=-1)
+    top = torch.topk(logprobs, count, dim=-1)
     removed = top.values == float("-inf")
     return entropy, top.indices.masked_fill(removed, -1), top.values.exp()
 
@@ -109,10 +110,10 @@ class DecoderModel(Protocol):
 
     def final_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
                      head_mask: Tensor | None = None) -> Tensor:
-        """The same, up to the final LayerNorm (b t d): contrastive search compares these."""
+        """The same, up to the final LayerNorm (b t e): contrastive search compares these."""
 
     def head(self, hidden: Tensor) -> Tensor:
-        """(... d) -> logits (... v)."""
+        """(... e) -> logits (... v)."""
 
     def new_cache(self, batch: int, max_length: int) -> KVCache:
         """An empty cache for `batch` rows of up to max_length positions."""
@@ -202,9 +203,9 @@ def check_callback(name: str, value: object) -> None:
 
 
 def sequence_logprob(model, sequences: Tensor, prompt_length: int, attention_mask: Tensor | None = None) -> Tensor:
-    """log p(sequences[:, prompt_length:] | prompt) under `model`, (n,), differentiable.
+    """log p(sequences[:, prompt_length:] | prompt) under `model`, (b,), differentiable.
 
-    attention_mask (n t) marks real tokens; pass `Generation.attention_mask` so that the padding
+    attention_mask (b t) marks real tokens; pass `Generation.attention_mask` so that the padding
     after an EOS does not count. Policy-gradient methods need exactly this with gradients.
     """
     check_model(model)
@@ -214,8 +215,8 @@ def sequence_logprob(model, sequences: Tensor, prompt_length: int, attention_mas
         raise ValueError(f"sequences has {sequences.shape[1]} columns, so a prompt of prompt_length={prompt_length} "
                          "leaves no continuation to score")
     mask = real_tokens(sequences, attention_mask).long()
-    logits = model(sequences, attention_mask=mask)  # (n t v)
+    logits = model(sequences, attention_mask=mask)  # (b t v)
     logprobs = logits[:, prompt_length - 1 : -1].float().log_softmax(dim=-1)  # predictions of the new tokens
     targets = sequences[:, prompt_length:]
-    picked = logprobs.gather(-1, targets[..., None])[..., 0]  # (n new)
+    picked = logprobs.gather(-1, targets[..., None])[..., 0]  # (b new)
     return (picked * mask[:, prompt_length:]).sum(dim=1)

@@ -5,7 +5,8 @@ The projections live in `CausalSelfAttention`; the attention itself, softmax(q k
 function passed in. `explicit_attention` spells out every step and is the default;
 `fused_attention` calls PyTorch's fused kernel and is the swap-in a test proves equal.
 
-Axes: b batch, t query positions, s key positions (cached + new), h heads, d head dimension.
+Axes: b batch, t query positions, s key positions (cached + new), h heads, d head width,
+e model width (h d before any pruning). q, k, v name the query, key and value tensors, as in the paper.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Attention(Protocol):
 
     def __call__(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None, head_scale: Tensor | None
                  ) -> tuple[Tensor, Tensor | None]:
-        """x (b t (h d)) -> (b t (h d)), and the attention pattern (b h t s) or None.
+        """x (b t e) -> (b t e), and the attention pattern (b h t s) or None.
         allowed (b 1 t s) as for AttendFn (s = t without a cache, the cache's slots with one);
         kv: store the new keys and values and attend over what it returns; head_scale (n_head,)
         multiplies each head's output, indexed by original head number, or None."""
@@ -72,15 +73,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd)  # heads, concatenated -> back to the residual stream
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        allowed: Tensor,
-        kv: KVWrite | None = None,
-        head_scale: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """The Attention protocol: x (b t (h d)) -> (b t (h d)), and the attention pattern (b h t s)
+    def forward(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None = None, head_scale: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """The Attention protocol: x (b t e) -> (b t e), and the attention pattern (b h t s)
         when the kernel forms one.
 
         kv: stores this call's keys and values in a cache and returns all of them (b h s d).

@@ -18,7 +18,7 @@ class Block(Protocol):
 
     def __call__(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None, head_scale: Tensor | None
                  ) -> tuple[Tensor, Tensor | None]:
-        """x (b t d) -> (b t d) and the attention pattern (b h t s), or None if the block never
+        """x (b t e) -> (b t e) and the attention pattern (b h t s), or None if the block never
         forms one (then `trace` refuses it). allowed, kv, head_scale: as in the Attention protocol."""
 
 
@@ -29,15 +29,9 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        allowed: Tensor,
-        kv: KVWrite | None = None,
-        head_scale: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """The Block protocol: x (b t d) -> (b t d), and the attention pattern (b h t s) or None."""
+    def forward(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None = None, head_scale: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """The Block protocol: x (b t e) -> (b t e), and the attention pattern (b h t s) or None."""
         attended, pattern = self.attn(self.ln_1(x), allowed=allowed, kv=kv, head_scale=head_scale)
         x = x + attended
         x = x + self.mlp(self.ln_2(x))

@@ -45,9 +45,9 @@ class GPTConfig:
     @property
     def parameter_count(self) -> int:
         """Parameters of the model this config describes (the tied head counted once)."""
-        d, w, n = self.n_embd, self.mlp_width, self.n_layer
-        block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * w + w) + (w * d + d)  # 2 LayerNorms, attn, mlp
-        return (self.vocab_size + self.n_positions) * d + n * block + 2 * d
+        e, m = self.n_embd, self.mlp_width  # model width, MLP width
+        block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * m + m) + (m * e + e)  # 2 LayerNorms, attn, mlp
+        return (self.vocab_size + self.n_positions) * e + self.n_layer * block + 2 * e
 
     @property
     def head_dim(self) -> int:

@@ -8,10 +8,10 @@ its mask along); each layer then writes its keys and values at those slots (`wri
 
 Everything a step reads or writes has the same shape every step, and the count of filled slots
 (`end`) is a tensor on the cache's device: a decoding step never reads a number back to the host,
-so it can be compiled as one graph (and captured as a CUDA graph). Attention runs over all L
+so it can be compiled as one graph (and captured as a CUDA graph). Attention runs over all s
 slots; the slots not yet written are simply not real, so no query sees them.
 
-Layout: keys and values (layer b h L d); real (b L); L = max_length slots. Passed in explicitly:
+Layout: keys and values (l b h s d); real (b s); l layers, s = max_length slots. Passed in explicitly:
 `model(ids, cache=cache)`.
 """
 
@@ -55,9 +55,9 @@ class KVCache:
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch: int, max_length: int) -> KVCache:
         """A cache shaped for `model`, on its device and in its dtype."""
-        c = model.config
-        check_int("max_length", max_length, 1, c.n_positions)  # more positions than the model has embeddings for
-        return cls(c.n_layer, batch, c.n_head, c.head_dim, max_length, device=model.device, dtype=model.dtype)
+        config = model.config
+        check_int("max_length", max_length, 1, config.n_positions)  # more positions than the model has embeddings for
+        return cls(config.n_layer, batch, config.n_head, config.head_dim, max_length, device=model.device, dtype=model.dtype)
 
     @property
     def batch(self) -> int:
@@ -79,7 +79,7 @@ class KVCache:
 
     def append(self, new_real: Tensor) -> tuple[Tensor, Tensor]:
         """Claim the next t slots for t new positions; new_real (b t) says which hold real tokens.
-        Returns every slot's mask (b L), the new ones included, and the claimed slots (t)."""
+        Returns every slot's mask (b s), the new ones included, and the claimed slots (t)."""
         slots = self.end + torch.arange(new_real.shape[1], device=self.end.device)  # (t)
         self.real.index_copy_(1, slots, new_real)
         self.end += new_real.shape[1]
@@ -87,12 +87,12 @@ class KVCache:
 
     def writer(self, layer: int, slots: Tensor) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """The function layer `layer` calls with its new keys and values (b h t d): it writes them at
-        `slots` (from `append`) and returns that layer's keys and values at every slot (b h L d)."""
+        `slots` (from `append`) and returns that layer's keys and values at every slot (b h s d)."""
         return partial(self._write, layer, slots)
 
     def _write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         # A layer with pruned heads computes fewer than n_head: it uses the first h head slots.
-        keys, values = self.keys[layer, :, : k.shape[1]], self.values[layer, :, : k.shape[1]]  # (b h L d) views
+        keys, values = self.keys[layer, :, : k.shape[1]], self.values[layer, :, : k.shape[1]]  # (b h s d) views
         keys.index_copy_(2, slots, k)
         values.index_copy_(2, slots, v)
         return keys, values
@@ -104,7 +104,7 @@ class KVCache:
         self._gather_rows(rows, self, "reorder's")
 
     def take_rows(self, rows: Tensor) -> KVCache:
-        """A new cache whose row i is this cache's row rows[i], any number of rows: (b ...) -> (r ...).
+        """A new cache whose row i is this cache's row rows[i], any number of rows: (b ...) -> (len(rows) ...).
         Beam search copies a prompt's row to its beams; contrastive search copies each row to its
         candidates, then keeps the chosen candidate's row."""
         if not isinstance(rows, Tensor) or rows.dim() != 1 or len(rows) == 0:

@@ -23,4 +23,4 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))  # (b t d) -> (b t w) -> (b t d), w = mlp_width (4d unless n_inner is set)
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))  # (b t e) -> (b t m) -> (b t e), m = mlp_width (4e unless n_inner is set)

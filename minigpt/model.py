@@ -4,8 +4,9 @@ Mirrors `GPT2LMHeadModel` in transformers' `modeling_gpt2.py` (Radford et al. 20
 are built by a function passed in (`make_block`), so an experiment can swap the attention kernel,
 the MLP, the norm or the whole block and load the same weights.
 
-Axes: b batch, t new positions, s all positions a query can see (cached + new), d model width,
-v vocabulary, h heads.
+Axes (the same letters everywhere; the README lists them): b batch, t new positions, s every
+position a query can see (cached + new; a cache's slots), e model width, h heads, l layers,
+v vocabulary.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ class Trace:
     """What a learner looks at: the logits, the residual stream after each stage, the attention."""
 
     logits: Tensor  # (b t v)
-    # n_layer + 1 of (b t d): the embeddings, then each block's output. The last is *before* the
+    # n_layer + 1 of (b t e): the embeddings, then each block's output. The last is *before* the
     # final LayerNorm; `after_ln_f` is the same state after it (transformers' last hidden state).
     hidden_states: list[Tensor]
     attentions: list[Tensor]  # n_layer of (b h t s); h is that layer's head count (fewer if pruned)
-    after_ln_f: Tensor  # (b t d): ln_f(hidden_states[-1]), the input of the tied output head
+    after_ln_f: Tensor  # (b t e): ln_f(hidden_states[-1]), the input of the tied output head
 
 
 class GPT(nn.Module):
@@ -61,41 +62,30 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        head_mask: Tensor | None = None,
-        only_last: bool = False,
-    ) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                head_mask: Tensor | None = None, only_last: bool = False) -> Tensor:
         """input_ids (b t) -> logits (b t v), or (b 1 v) for the last position with `only_last`.
 
         attention_mask (b s), 1 for a token and 0 for padding, covers every position the queries
         see: the cached ones, then the new ones. Positions are counted over real tokens only, so a
         left-padded row gets exactly the logits it gets alone. With a cache the mask may be left
         out: the cache remembers its padding, and new tokens are taken as real.
-        head_mask (n_layer h) scales each head's output; 0 removes a head.
+        head_mask (l h) scales each head's output; 0 removes a head.
         """
         if not isinstance(only_last, bool):
             raise ValueError(f"only_last must be True or False, got {only_last!r:.40}")
-        hidden = self.final_hidden(input_ids, attention_mask, cache, head_mask)  # (b t d)
+        hidden = self.final_hidden(input_ids, attention_mask, cache, head_mask)  # (b t e)
         return self.head(hidden[:, -1:] if only_last else hidden)
 
-    def final_hidden(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        head_mask: Tensor | None = None,
-    ) -> Tensor:
-        """input_ids (b t) -> the last hidden state (b t d), after the final LayerNorm: what the
+    def final_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                     head_mask: Tensor | None = None) -> Tensor:
+        """input_ids (b t) -> the last hidden state (b t e), after the final LayerNorm: what the
         output head reads (contrastive search compares these). Arguments as in `forward`."""
         real = self.check_inputs(input_ids, attention_mask, cache, head_mask)
         return self._run(input_ids, real, cache, head_mask, record=False)[0]
 
     def head(self, hidden: Tensor) -> Tensor:
-        """(... d) -> logits (... v): the output head, tied to the token embedding."""
+        """(... e) -> logits (... v): the output head, tied to the token embedding."""
         return self.wte.unembed(hidden)
 
     def trace(self, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Trace:
@@ -121,15 +111,15 @@ class GPT(nn.Module):
         record: bool,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """tokens -> embeddings -> blocks -> ln_f. real (b t): which of the new positions hold real
-        tokens. Returns ln_f's output (b t d) and, with `record`, the residual stream after each
+        tokens. Returns ln_f's output (b t e) and, with `record`, the residual stream after each
         stage and each layer's attention pattern."""
         if cache is None:
             slots = torch.arange(input_ids.shape[1], device=input_ids.device)  # (t): the positions are the input's own
         else:
-            real, slots = cache.append(real)  # the cache places the new positions: real is now (b L), every slot
+            real, slots = cache.append(real)  # the cache places the new positions: real is now (b s), every slot
         positions, allowed = visibility(real, slots)
 
-        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (b t d)
+        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (b t e)
         hidden_states, attentions = [x], []
         for layer, block in enumerate(self.blocks):
             kv = cache.writer(layer, slots) if cache is not None else None
@@ -149,18 +139,18 @@ class GPT(nn.Module):
                      head_mask: Tensor | None = None) -> Tensor:
         """The checks `forward` runs, alone (the decoders check a prompt with them): every argument
         as in `forward`. Returns which of the new positions hold real tokens (b t) bool."""
-        c = self.config
-        check_token_ids(input_ids, c.vocab_size)
+        config = self.config
+        check_token_ids(input_ids, config.vocab_size)
         if input_ids.device != self.device:
             raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.device}; move one of them")
         b, t = input_ids.shape
         if cache is not None and not isinstance(cache, KVCache):
             raise ValueError(f"cache must be a KVCache (model.new_cache(batch, max_length)), got {type(cache).__name__}")
         past = cache.length if cache is not None else 0
-        if past + t > c.n_positions:
+        if past + t > config.n_positions:
             raise ValueError(
                 f"{past + t} positions ({past} cached + {t} new) exceed the model's context of "
-                f"n_positions={c.n_positions}"
+                f"n_positions={config.n_positions}"
             )
         if cache is not None:
             if cache.batch != b:
@@ -169,7 +159,7 @@ class GPT(nn.Module):
                 raise ValueError(f"KVCache is full: it holds {past} of max_length={cache.max_length} positions "
                                  f"and cannot take {t} more")
         if head_mask is not None:
-            check_finite_tensor("head_mask", head_mask, (c.n_layer, c.n_head))
+            check_finite_tensor("head_mask", head_mask, (config.n_layer, config.n_head))
         if attention_mask is None:  # every new token is real; with a cache, the cached padding stays as it was
             return torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
         mask = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)

@@ -57,18 +57,18 @@ def main(args: argparse.Namespace) -> int:
     with torch.no_grad():
         trace = ours.trace(ids)
         reference = theirs(ids, output_hidden_states=True)
-    c = ours.config
+    config = ours.config
     print(what)
-    print(f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocabulary {c.vocab_size}; "
+    print(f"model: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, vocabulary {config.vocab_size}; "
           f"{args.device}, {args.dtype}; prompt of {ids.shape[1]} tokens")
     print(f"tolerance: max |Δ| <= {tolerance:g} ({reason})\n")
     print(f"{'compared':<28}{'max |Δ|':>12}  ok")
     rows = []
     ref_states = list(reference.hidden_states)
     for layer, (mine, ref) in enumerate(zip(trace.hidden_states, ref_states)):
-        if layer == c.n_layer:  # transformers' last hidden state has the final LayerNorm applied
+        if layer == config.n_layer:  # transformers' last hidden state has the final LayerNorm applied
             mine = trace.after_ln_f
-        name = "embeddings" if layer == 0 else f"block {layer}" + (" + ln_f" if layer == c.n_layer else "")
+        name = "embeddings" if layer == 0 else f"block {layer}" + (" + ln_f" if layer == config.n_layer else "")
         rows.append((f"hidden state: {name}", (mine.float() - ref.float()).abs().max().item()))
     rows.append(("logits", (trace.logits.float() - reference.logits.float()).abs().max().item()))
     for name, diff in rows:
@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
                                  eos_token_id=None, pad_token_id=0)
     same_tokens = torch.equal(mine, ref_tokens)
     print(f"greedy, {args.new_tokens} new tokens: {'identical' if same_tokens else 'DIFFERENT'}")
-    if tokenizer.vocab_size == c.vocab_size:  # the tokenizer speaks this model's vocabulary
+    if tokenizer.vocab_size == config.vocab_size:  # the tokenizer speaks this model's vocabulary
         text = tokenizer.decode(mine[0, ids.shape[1]:])
         print(f"text identical: {text == tokenizer.decode(ref_tokens[0, ids.shape[1]:])}: {text!r}")
     ok = all(diff <= tolerance for _, diff in rows) and same_tokens

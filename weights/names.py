@@ -39,16 +39,16 @@ class Entry(NamedTuple):
 def layout(config: GPTConfig) -> list[Entry]:
     """Every weight of a GPT-2 of this config. Our names are the public ones, but for the list of
     blocks: ours `blocks.{i}`, the file's `h.{i}`."""
-    d, w = config.n_embd, config.mlp_width  # model width, MLP width
-    whole = {"wte.weight": (config.vocab_size, d), "wpe.weight": (config.n_positions, d),
-             "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    e, m = config.n_embd, config.mlp_width  # model width, MLP width
+    whole = {"wte.weight": (config.vocab_size, e), "wpe.weight": (config.n_positions, e),
+             "ln_f.weight": (e,), "ln_f.bias": (e,)}
     in_block = {
-        "ln_1.weight": (d,), "ln_1.bias": (d,),
-        "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
-        "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
-        "ln_2.weight": (d,), "ln_2.bias": (d,),
-        "mlp.c_fc.weight": (d, w), "mlp.c_fc.bias": (w,),
-        "mlp.c_proj.weight": (w, d), "mlp.c_proj.bias": (d,),
+        "ln_1.weight": (e,), "ln_1.bias": (e,),
+        "attn.c_attn.weight": (e, 3 * e), "attn.c_attn.bias": (3 * e,),
+        "attn.c_proj.weight": (e, e), "attn.c_proj.bias": (e,),
+        "ln_2.weight": (e,), "ln_2.bias": (e,),
+        "mlp.c_fc.weight": (e, m), "mlp.c_fc.bias": (m,),
+        "mlp.c_proj.weight": (m, e), "mlp.c_proj.bias": (e,),
     }
     entries = [Entry(name, name, shape, False) for name, shape in whole.items()]
     return entries + [Entry(f"blocks.{i}.{name}", f"h.{i}.{name}", shape, name in CONV1D)

@@ -21,8 +21,8 @@ def attention_entropy(model: GPT, input_ids: Tensor, attention_mask: Tensor | No
     (padding queries left out), with 0·log 0 = 0. A pruned head's entry is NaN: it has no attention."""
     trace = model.trace(input_ids, attention_mask)  # checks the inputs
     real = real_tokens(input_ids, attention_mask)
-    c = model.config
-    entropy = torch.full((c.n_layer, c.n_head), float("nan"), device=input_ids.device)
+    config = model.config
+    entropy = torch.full((config.n_layer, config.n_head), float("nan"), device=input_ids.device)
     for layer, pattern in enumerate(trace.attentions):  # (b h t s)
         p = pattern.float()
         p_log_p = torch.where(p > 0, p * p.log(), 0.0)  # 0·log 0 is 0, not NaN

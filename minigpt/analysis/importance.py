@@ -35,11 +35,11 @@ def head_importance(
     batches = [(input_ids, attention_mask)] if isinstance(input_ids, Tensor) else list(input_ids)
     if not batches:
         raise ValueError("head_importance got no batches")
-    c = model.config
-    total = torch.zeros(c.n_layer, c.n_head, device=model.device)
+    config = model.config
+    total = torch.zeros(config.n_layer, config.n_head, device=model.device)
     tokens = 0
     for ids, mask in batches:
-        gate = torch.ones(c.n_layer, c.n_head, device=model.device, requires_grad=True)  # ξ = 1
+        gate = torch.ones(config.n_layer, config.n_head, device=model.device, requires_grad=True)  # ξ = 1
         loss = lm_loss(model, ids, mask, head_mask=gate)
         (gradient,) = torch.autograd.grad(loss, gate)
         count = int(predicted(ids, mask).sum())

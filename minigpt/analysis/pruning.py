@@ -22,13 +22,13 @@ def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
         raise ValueError(f"prune_heads prunes a minigpt GPT, got {type(model).__name__}")
     if not isinstance(heads, dict):
         raise ValueError(f"heads must be a dict of layer -> list of heads, got {type(heads).__name__}")
-    c = model.config
+    config = model.config
     for layer, drop in heads.items():
-        check_int("layer", layer, 0, c.n_layer - 1)
+        check_int("layer", layer, 0, config.n_layer - 1)
         if not isinstance(drop, (list, tuple, set)):
             raise ValueError(f"heads[{layer}] must be a list of head indices, got {type(drop).__name__}")
         for head in drop:
-            check_int(f"heads[{layer}] entry", head, 0, c.n_head - 1)
+            check_int(f"heads[{layer}] entry", head, 0, config.n_head - 1)
         attn = getattr(model.blocks[layer], "attn", None)
         if not isinstance(attn, CausalSelfAttention):
             raise ValueError(f"block {layer} has no CausalSelfAttention (`attn`) whose heads could be removed")
@@ -52,6 +52,6 @@ def kept_heads(model: GPT, layer: int) -> list[int]:
 
 def pruned_heads(model: GPT) -> dict[int, list[int]]:
     """layer -> the heads removed from it, for every layer that lost any."""
-    c = model.config
-    removed = {layer: sorted(set(range(c.n_head)) - set(kept_heads(model, layer))) for layer in range(c.n_layer)}
+    config = model.config
+    removed = {layer: sorted(set(range(config.n_head)) - set(kept_heads(model, layer))) for layer in range(config.n_layer)}
     return {layer: heads for layer, heads in removed.items() if heads}

@@ -9,7 +9,7 @@ from ..embedding import TokenEmbedding
 
 class RowsLastHead(TokenEmbedding):
     """logits = x Wᵀ computed as (W xᵀ)ᵀ, the same product with the roles swapped: CPU BLAS
-    streams the (v d) table 1.4-2.5x faster this way when x has 2 to 16 rows (every decoding
+    streams the (v e) table 1.4-2.5x faster this way when x has 2 to 16 rows (every decoding
     step), and no slower for more (measured on 2 cores; the head is a third of a decoding step).
     oneDNN packing (`pack_for_cpu`) is faster still; this is for a PyTorch built without it."""
 
@@ -18,5 +18,5 @@ class RowsLastHead(TokenEmbedding):
                          _freeze=not embedding.weight.requires_grad)
 
     def unembed(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # (... d) -> (n d)
-        return (self.weight @ rows.T).T.contiguous().view(*x.shape[:-1], -1)  # (v d) (d n) -> (n v) -> (... v)
+        rows = x.reshape(-1, x.shape[-1])  # (... e) -> (rows e)
+        return (self.weight @ rows.T).T.contiguous().view(*x.shape[:-1], -1)  # (v e) (e rows) -> (rows v) -> (... v)

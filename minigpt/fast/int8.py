@@ -108,7 +108,7 @@ class Int8TokenEmbedding(TokenEmbedding):
         self.packed = _fbgemm_weight(q, scale, None) if q.device.type == "cpu" else None
 
     def unembed(self, x: Tensor) -> Tensor:
-        return _int8_product(x, self.q, self.scale, None, self.packed)  # (... d) -> (... v)
+        return _int8_product(x, self.q, self.scale, None, self.packed)  # (... e) -> (... v)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", head in int8"

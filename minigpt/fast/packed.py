@@ -73,14 +73,14 @@ class PackedLinear(nn.Module):
 
 
 class PackedTokenEmbedding(TokenEmbedding):
-    """The lookup reads the (v d) table as before; the tied head multiplies by a packed copy of it."""
+    """The lookup reads the (v e) table as before; the tied head multiplies by a packed copy of it."""
 
     def __init__(self, embedding: TokenEmbedding):
         super().__init__(embedding.num_embeddings, embedding.embedding_dim, _weight=embedding.weight.detach(), _freeze=True)
         self.packed = _pack(self.weight)
 
     def unembed(self, x: Tensor) -> Tensor:
-        return _packed_product(x, self.packed, None)  # (b t d) -> (b t v)
+        return _packed_product(x, self.packed, None)  # (b t e) -> (b t v)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", head packed for oneDNN"
