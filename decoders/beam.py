@@ -13,7 +13,7 @@ for every prompt, in this order (the loop in `beam_search` reads as these five c
    The pool keeps its best num_beams.
 4. `next_beams`: the best num_beams candidates that did not end are the next beams; the KV
    cache's rows follow them.
-5. `still_improvable`: a prompt is finished when its pool is full and (early_stopping=True, or
+5. `still_improvable`: a prompt's search is done when its pool is full and (early_stopping=True, or
    no running beam can still beat the worst hypothesis in it); the search stops when all are.
 
 Diverse beam search (`diverse_beam.py`) runs the same steps for each group of beams.
@@ -33,7 +33,7 @@ from torch import Tensor
 from minigpt.checks import check_fits_in_memory, check_float, check_int
 
 from .generation import (ALTERNATIVES, DecoderModel, LENGTH_PENALTY_RANGE, Generation, check_record_options,
-                         decoding_rules, prompt_real, summarize)
+                         decoding_rules, real_prompt_tokens, summarize)
 
 # transformers' stand-in for log 0: finite, so a sum with it still orders correctly, and a beam
 # that holds it is never chosen over one that does not
@@ -219,7 +219,7 @@ class BeamSetup:
     def __init__(self, model, input_ids, *, attention_mask, num_beams, num_return_sequences, max_new_tokens,
                  length_penalty, early_stopping, eos_token_id, pad_token_id, min_new_tokens, no_repeat_ngram_size,
                  repetition_penalty, alternatives, keep_logprobs):
-        self.prompt_real = prompt_real(model, input_ids, attention_mask, max_new_tokens)  # (b t)
+        self.prompt_real = real_prompt_tokens(model, input_ids, attention_mask, max_new_tokens)  # (b t)
         check_record_options(model, alternatives, keep_logprobs)
         v = model.config.vocab_size
         check_int("num_beams", num_beams, 1, v)  # more beams than tokens: the first step cannot fill them
@@ -293,15 +293,15 @@ class BeamSetup:
         return torch.isin(token, self.eos)
 
     def result(self, pool: Hypotheses, count: int) -> Generation:
-        """The best `count` of each prompt's pool (sorted best first), as a Generation of (b count) rows."""
+        """The best `count` of each prompt's pool (sorted best first), as a Generation of (b r) rows."""
         b = self.prompts
         best = pool.take(torch.topk(pool.final_score, count).indices)
         width = int(best.length.max())
 
-        def rows(x: Tensor) -> Tensor:  # (b count ...) -> ((b count) ...)
+        def rows(x: Tensor) -> Tensor:  # (b r ...) -> ((b r) ...), r = count
             return x.reshape(b * count, *x.shape[2:])
 
-        new_real = torch.arange(width, device=best.tokens.device)[None, :] < rows(best.length)[:, None]  # (rows width)
+        new_real = torch.arange(width, device=best.tokens.device)[None, :] < rows(best.length)[:, None]  # ((b r) new)
         return Generation(
             sequences=rows(best.tokens)[:, : self.prompt_length + width],
             prompt_length=self.prompt_length,

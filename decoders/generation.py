@@ -25,10 +25,10 @@ ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
 
 @dataclass
 class Generation:
-    sequences: Tensor  # (b, prompt + new): rows that finished early are padded with pad_token_id
+    sequences: Tensor  # (b, prompt + new): rows that stopped early are padded with pad_token_id
     prompt_length: int  # columns of `sequences` that are the (left-padded) prompt
     attention_mask: Tensor  # (b, prompt + new): 1 for real tokens (prompt, new tokens, the EOS)
-    scores: Tensor  # (b, new): processed log-probability of each chosen token; 0 once a row finished
+    scores: Tensor  # (b, new): processed log-probability of each chosen token; 0 once a row stopped
     token_logprobs: Tensor  # (b, new): the model's own (unprocessed) log-probability of each chosen token
     entropy: Tensor  # (b, new): entropy in nats of the processed distribution the token was chosen from
     alternatives: Tensor  # (b, new, a): the a most likely tokens of that distribution; -1 where fewer remained
@@ -128,7 +128,7 @@ def check_model(model) -> None:
                          f"got {type(model).__name__}")
 
 
-def prompt_real(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int) -> Tensor:
+def real_prompt_tokens(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int) -> Tensor:
     """Check a prompt batch for decoding; returns which of its positions hold real tokens (b t)."""
     check_model(model)
     check_int("max_new_tokens", max_new_tokens, low=0)
@@ -209,14 +209,14 @@ def sequence_logprob(model, sequences: Tensor, prompt_length: int, attention_mas
     after an EOS does not count. Policy-gradient methods need exactly this with gradients.
     """
     check_model(model)
-    check_token_ids(sequences, model.config.vocab_size, "sequences")
+    check_token_ids(sequences, model.config.vocab_size, "sequences")  # before the model does: an error names `sequences`
     check_int("prompt_length", prompt_length, low=1)
     if prompt_length >= sequences.shape[1]:
         raise ValueError(f"sequences has {sequences.shape[1]} columns, so a prompt of prompt_length={prompt_length} "
                          "leaves no continuation to score")
-    mask = real_tokens(sequences, attention_mask).long()
-    logits = model(sequences, attention_mask=mask)  # (b t v)
+    real = real_tokens(sequences, attention_mask)  # (b t)
+    logits = model(sequences, attention_mask=real)  # (b t v)
     logprobs = logits[:, prompt_length - 1 : -1].float().log_softmax(dim=-1)  # predictions of the new tokens
     targets = sequences[:, prompt_length:]
     picked = logprobs.gather(-1, targets[..., None])[..., 0]  # (b new)
-    return (picked * mask[:, prompt_length:]).sum(dim=1)
+    return (picked * real[:, prompt_length:]).sum(dim=1)

@@ -19,7 +19,7 @@ from torch import Tensor
 from minigpt.kv_cache import KVCache
 
 from .generation import (ALTERNATIVES, DecoderModel, Generation, Rules, check_callback, check_record_options,
-                         prompt_real, summarize)
+                         real_prompt_tokens, summarize)
 
 # Whether every row has stopped is read back to the host every this many steps: a read waits for
 # the device, so reading every step would stall a GPU between steps. The steps run after the last
@@ -74,7 +74,7 @@ def token_loop(
     """on_token: sees each step's tokens (b), for streaming (after every row has stopped, it may
     see up to STOP_CHECK_EVERY - 1 more steps of padding). alternatives: how many of the likeliest
     tokens each step remembers. keep_logprobs: also keep each step's whole processed log-probability row."""
-    prompt = prompt_real(model, input_ids, attention_mask, max_new_tokens)  # (b t)
+    prompt_real = real_prompt_tokens(model, input_ids, attention_mask, max_new_tokens)  # (b t)
     check_callback("on_token", on_token)
     check_record_options(model, alternatives, keep_logprobs)
     eos = torch.tensor(rules.eos_ids, dtype=torch.long, device=input_ids.device)
@@ -83,7 +83,7 @@ def token_loop(
     stopped = torch.zeros(b, dtype=torch.bool, device=input_ids.device)  # (b): a row that chose an EOS
     records: list[dict[str, Tensor]] = []  # what each step records, by Generation's field names
     if max_new_tokens:
-        logits = step.start(input_ids, prompt, prompt_length + max_new_tokens)
+        logits = step.start(input_ids, prompt_real, prompt_length + max_new_tokens)
     for new in range(max_new_tokens):
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
         real = step.cache.real[:, : tokens.shape[1]]  # (b s): the cache knows which tokens so far are padding
@@ -109,14 +109,14 @@ def token_loop(
                 break
         if new + 1 < max_new_tokens:
             logits = step.advance(chosen)
-    return _assemble(tokens, prompt, records, alternatives, keep_logprobs, model.config.vocab_size)
+    return _assemble(tokens, prompt_real, records, alternatives, keep_logprobs, model.config.vocab_size)
 
 
-def _assemble(tokens: Tensor, prompt: Tensor, records: list[dict[str, Tensor]],
+def _assemble(tokens: Tensor, prompt_real: Tensor, records: list[dict[str, Tensor]],
               alternatives: int, keep_logprobs: bool, vocab_size: int) -> Generation:
     """Stack the steps' records into a Generation: (b) per step -> (b new), (b a) -> (b new a).
-    prompt (b t): which prompt positions are real."""
-    prompt_length = prompt.shape[1]
+    prompt_real (b t): which prompt positions are real."""
+    prompt_length = prompt_real.shape[1]
     if not records:  # max_new_tokens=0: the prompt alone
         b, device = tokens.shape[0], tokens.device
         empty = {"scores": torch.zeros(b, 0, device=device), "alive": torch.zeros(b, 0, dtype=torch.bool, device=device),
@@ -131,5 +131,5 @@ def _assemble(tokens: Tensor, prompt: Tensor, records: list[dict[str, Tensor]],
         stacked = {name: value[:, :steps] for name, value in stacked.items()}
         tokens = tokens[:, : prompt_length + steps]
     alive = stacked.pop("alive")
-    mask = torch.cat([prompt, alive], dim=1).long()
-    return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=mask, **stacked)
+    return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=torch.cat([prompt_real, alive], dim=1).long(),
+                      **stacked)

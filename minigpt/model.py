@@ -162,10 +162,10 @@ class GPT(nn.Module):
             check_finite_tensor("head_mask", head_mask, (config.n_layer, config.n_head))
         if attention_mask is None:  # every new token is real; with a cache, the cached padding stays as it was
             return torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
-        mask = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)
-        if past and not torch.equal(mask[:, :past], cache.real[:, :past].to(mask.device)):
+        real = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)
+        if past and not torch.equal(real[:, :past], cache.real[:, :past].to(real.device)):
             raise ValueError(f"attention_mask's first {past} columns contradict the padding the cache already holds")
-        return mask[:, past:]
+        return real[:, past:]
 
     @property
     def device(self) -> torch.device:

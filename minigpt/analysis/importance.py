@@ -38,11 +38,11 @@ def head_importance(
     config = model.config
     total = torch.zeros(config.n_layer, config.n_head, device=model.device)
     tokens = 0
-    for ids, mask in batches:
+    for ids, attention_mask in batches:
         gate = torch.ones(config.n_layer, config.n_head, device=model.device, requires_grad=True)  # ξ = 1
-        loss = lm_loss(model, ids, mask, head_mask=gate)
+        loss = lm_loss(model, ids, attention_mask, head_mask=gate)
         (gradient,) = torch.autograd.grad(loss, gate)
-        count = int(predicted(ids, mask).sum())
+        count = int(predicted(ids, attention_mask).sum())
         total += gradient.abs() * count
         tokens += count
     importance = total / tokens

@@ -21,8 +21,8 @@ def predicted(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor
         raise ValueError(f"input_ids must be a (batch, time) tensor of token ids, got {type(input_ids).__name__}")
     if input_ids.shape[1] < 2:
         raise ValueError(f"input_ids has {input_ids.shape[1]} column(s): a loss needs at least two tokens per row")
-    mask = real_tokens(input_ids, attention_mask)
-    counted = mask[:, :-1] & mask[:, 1:]
+    real = real_tokens(input_ids, attention_mask)
+    counted = real[:, :-1] & real[:, 1:]
     if not bool(counted.any()):
         raise ValueError("no row has two real tokens in a row: there is nothing to predict")
     return counted
