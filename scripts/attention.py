@@ -37,12 +37,12 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--text is {ids.shape[1]} tokens, more than the model's context of {model.config.n_positions}")
     labels = [repr(tokenizer.decode([i]))[1:-1] for i in ids[0].tolist()]
     entropy = analysis.attention_entropy(model, ids)
-    c = model.config
+    config = model.config
     print(f"{ids.shape[1]} tokens: {' | '.join(labels)}\n")
     print("attention entropy (nats) of each head, averaged over query positions; "
           "0 = looks at one token, higher = spreads out")
     print(table([[str(layer), *(f"{e:.2f}" for e in row)] for layer, row in enumerate(entropy.tolist())],
-                ["layer", *(f"h{head}" for head in range(c.n_head))]))
+                ["layer", *(f"h{head}" for head in range(config.n_head))]))
     plt = plots.pyplot()
     if plt is None:
         print(f"\n{plots.INSTALL_HINT}")
@@ -50,8 +50,8 @@ def main(args: argparse.Namespace) -> int:
     out = output_dir(args)
     with torch.no_grad():
         trace = model.trace(ids)
-    heads = [kept_heads(model, layer) for layer in range(c.n_layer)]
-    maps = plots.attention_grid(plt, [pattern[0] for pattern in trace.attentions], heads, c.n_head, labels,
+    heads = [kept_heads(model, layer) for layer in range(config.n_layer)]
+    maps = plots.attention_grid(plt, [pattern[0] for pattern in trace.attentions], heads, config.n_head, labels,
                                 out / "attention_maps.png")
     heat = plots.heatmap(plt, entropy, "attention entropy per head (nats)", "entropy (nats)", out / "attention_entropy.png")
     print(f"\nwrote {maps} and {heat}")

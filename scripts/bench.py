@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import decoders
-from common import DTYPES, Parser, option, positive_int, random_gpt2_checkpoint, run
+from common import DTYPES, Parser, option, positive_int, random_gpt2_checkpoint, run, seconds
 from minigpt import Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
@@ -113,24 +113,18 @@ def ct2_case(ids: torch.Tensor, new_tokens: int, beam_size: int = 1) -> dict:
 
 
 def read_bandwidth() -> float:
-    """Bytes per second this machine reads from memory: the best of 3 sums over 1 GiB."""
+    """Bytes per second this machine reads from memory: the best of 4 sums over 1 GiB."""
     x = torch.ones(2**28)
-    best = min(timed_once(x.sum) for _ in range(4))
+    best = min(seconds(x.sum) for _ in range(4))
     return x.numel() * x.element_size() / best
 
 
-def timed_once(job) -> float:
-    start = time.perf_counter()
-    job()
-    return time.perf_counter() - start
-
-
-def weight_bytes(model) -> int:
-    """Bytes of the matrices a decoding step reads: every block's and the head (the embedding
-    lookup reads a few rows, LayerNorms and biases are small)."""
-    c = model.config
-    per_layer = c.n_embd * 3 * c.n_embd + c.n_embd * c.n_embd + 2 * c.n_embd * c.mlp_width
-    return c.n_layer * per_layer + c.vocab_size * c.n_embd
+def matrix_entries(model) -> int:
+    """How many weights a decoding step reads: the entries of every block's matrices and of the
+    head (the embedding lookup reads a few rows, LayerNorms and biases are small)."""
+    config = model.config
+    per_layer = config.n_embd * 3 * config.n_embd + config.n_embd * config.n_embd + 2 * config.n_embd * config.mlp_width
+    return config.n_layer * per_layer + config.vocab_size * config.n_embd
 
 
 def parser() -> Parser:
@@ -176,18 +170,18 @@ def main(args: argparse.Namespace) -> int:
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
     theirs.generation_config.eos_token_id = None  # random weights: never stop early, in any engine
     theirs.generation_config.pad_token_id = 0
-    c, n = ours.config, args.new_tokens
+    config, n = ours.config, args.new_tokens
     g = torch.Generator().manual_seed(0)
 
     def prompt(batch: int) -> torch.Tensor:
-        return torch.randint(0, c.vocab_size, (batch, args.prompt_tokens), generator=g).to(args.device)
+        return torch.randint(0, config.vocab_size, (batch, args.prompt_tokens), generator=g).to(args.device)
 
     def hf(ids, **kw):
         return lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, **kw)
 
     one, eight = prompt(1), prompt(8)
     legacy = legacy_worker(directory, threads) if cpu and dtype == torch.float32 else None
-    long = torch.randint(0, c.vocab_size, (1, args.prefill_tokens), generator=g).to(args.device)
+    long = torch.randint(0, config.vocab_size, (1, args.prefill_tokens), generator=g).to(args.device)
     seeded = torch.Generator(device=args.device)
     cases = [  # name, generated tokens per run, how we run it on a model, transformers, CTranslate2 (or None)
         ("greedy, batch 1", n, lambda m: decoders.greedy(m, one, max_new_tokens=n), hf(one, do_sample=False),
@@ -213,7 +207,7 @@ def main(args: argparse.Namespace) -> int:
              None),
         ]
 
-    print(f"{args.preset} shape ({c.n_layer} layers, {c.n_embd} wide), random weights; {args.device}, {args.dtype}, "
+    print(f"{args.preset} shape ({config.n_layer} layers, {config.n_embd} wide), random weights; {args.device}, {args.dtype}, "
           f"{threads} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; median of {args.repeats}; "
           "tokens per second (ratio to transformers)")
     columns = ["transformers", *models, *engines]
@@ -237,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
               "(sum over 1 GiB)")
         greedy_one = measured["greedy, batch 1"]
         for weights, size in (("float32", 4), ("bfloat16", 2), ("int8", 1)):
-            nbytes = weight_bytes(ours) * size
+            nbytes = matrix_entries(ours) * size
             bound = bandwidth / nbytes
             print(f"  {weights:<9} {nbytes / 1e6:7.1f} MB per token: at most {bound:6.1f} tokens/s; fast {weights} "
                   f"decodes {n / greedy_one[f'fast {weights}']:6.1f} ({n / greedy_one[f'fast {weights}'] / bound:.0%} "
@@ -245,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
     cache = ours.new_cache(1, args.prompt_tokens + n)
     per_token = cache.nbytes / cache.max_length
     print(f"\nKV cache: {cache.nbytes / 2**20:.1f} MiB for 1 row x {cache.max_length} positions "
-          f"({per_token / 1024:.1f} KiB per position: {c.n_layer} layers x keys and values x {c.n_embd} x "
+          f"({per_token / 1024:.1f} KiB per position: {config.n_layer} layers x keys and values x {config.n_embd} x "
           f"{ours.dtype.itemsize} bytes); preallocated once, written in place")
     return 0
 

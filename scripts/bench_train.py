@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
 
 import torch
 from torch import nn
 
-from common import Parser, positive_int, run
+from common import Parser, positive_int, run, seconds
 from minigpt import GPT, GPTConfig
 from minigpt.training import TokenWindows, TrainConfig, train
 
@@ -62,13 +61,12 @@ def main(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    if args.n_embd % args.n_head:
-        raise ValueError(f"--n-embd ({args.n_embd}) must be divisible by --n-head ({args.n_head})")
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
-                       n_positions=args.block)
+                       n_positions=args.block)  # checked: --n-embd must be divisible by --n-head, say
     tokens = torch.randint(0, args.vocab_size, (200_000,), generator=torch.Generator().manual_seed(0))
     held_out = TokenWindows(tokens[:2 * args.block + 1], args.block, seed=0)
-    parameters = None
+    parameters = config.parameter_count
+    per_token = 6 * parameters + 12 * config.n_layer * config.n_embd * args.block  # FLOPs, forward and backward
     print(f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, vocabulary {config.vocab_size}, "
           f"context {args.block}; batch {args.batch}; {torch.get_num_threads()} threads; median tokens/s over "
           f"{args.rounds} turns of {args.steps} steps\n")
@@ -79,7 +77,6 @@ def main(args: argparse.Namespace) -> int:
         theirs = Logits(GPT2LMHeadModel(GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                                                    vocab_size=config.vocab_size, n_positions=args.block,
                                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)))
-        parameters = sum(p.numel() for p in ours.parameters())
         speeds = {"ours": [], "theirs": []}
         loop = TrainConfig(steps=args.steps, batch=args.batch, warmup=1, eval_every=10**9, save_every=10**9, dtype=dtype)
         for turn in range(args.rounds):
@@ -89,13 +86,11 @@ def main(args: argparse.Namespace) -> int:
                 train(model, data, held_out, loop, report=records.append)
                 speeds[name] += [r["tokens_per_s"] for r in records[3:]]  # the first steps warm up
         theirs_speed, ours_speed = statistics.median(speeds["theirs"]), statistics.median(speeds["ours"])
-        per_token = 6 * parameters + 12 * config.n_layer * config.n_embd * args.block
         achieved = ours_speed * per_token / 1e9
         peak = gemm_peak(torch.float32 if dtype == "float32" else torch.bfloat16) / 1e9
         print(f"{dtype:<10}{theirs_speed:>14,.0f}{ours_speed:>10,.0f}{ours_speed / theirs_speed:>6.2f}x"
               f"{achieved:>10.1f}{peak:>14.1f}{achieved / peak:>7.0%}")
-    print(f"\n{parameters:,} parameters; {6 * parameters + 12 * config.n_layer * config.n_embd * args.block:,} "
-          "FLOPs per token (forward and backward)")
+    print(f"\n{parameters:,} parameters; {per_token:,} FLOPs per token (forward and backward)")
     return 0
 
 
@@ -103,14 +98,8 @@ def gemm_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of the best of `repeats` (size x size) @ (size x size) products in `dtype`."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     torch.mm(a, b)  # warm-up
-    best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = min(seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * size**3 / best
-
-
-def _seconds(work) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

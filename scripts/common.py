@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -288,6 +289,13 @@ def draw_bar(label: str, done: int, total: int, after: str = "") -> None:
     """Redraw the progress line on stderr: `label 5/10 [##########..........] after`."""
     filled = round(20 * done / total)
     print(f"\r{label} {done}/{total} [{'#' * filled}{'.' * (20 - filled)}] {after}", end="", file=sys.stderr, flush=True)
+
+
+def seconds(job: Callable[[], object]) -> float:
+    """Wall-clock seconds one call of `job` takes."""
+    start = time.perf_counter()
+    job()
+    return time.perf_counter() - start
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -20,6 +20,7 @@ import plots
 from common import (SAMPLE_TEXT, Parser, add_model_arguments, add_output_argument, finite_float, load_model, output_dir,
                     positive_int, progress, prompt_ids, run, table)
 from minigpt import GPT, Tokenizer, analysis
+from minigpt.analysis.pruning import kept_heads
 
 Batches = list[tuple[torch.Tensor, None]]
 
@@ -41,16 +42,16 @@ def main(args: argparse.Namespace) -> int:
     model, _, what, tokenizer = load_model(args)
     print(what)
     batches = text_batches(args, model, tokenizer)
-    c = model.config
+    config = model.config
     tokens = sum(int(analysis.predicted(ids).sum()) for ids, _ in batches)
     print(f"text: {tokens + len(batches)} tokens in {len(batches)} block(s) of up to {batches[0][0].shape[1]}\n")
 
     importance = analysis.head_importance(model, batches)
     print("head importance |∂loss/∂gate|, each layer normalised to unit length (Michel et al. 2019); higher matters more")
     print(table([[str(layer), *(f"{x:.2f}" for x in row)] for layer, row in enumerate(importance.tolist())],
-                ["layer", *(f"h{head}" for head in range(c.n_head))]))
+                ["layer", *(f"h{head}" for head in range(config.n_head))]))
 
-    per_round = max(1, round(args.fraction * c.n_layer * c.n_head))
+    per_round = max(1, round(args.fraction * config.n_layer * config.n_head))
     curve = [(0, mean_loss(model, batches))]
     for _ in progress(list(range(args.rounds)), f"pruning {per_round} heads a round"):
         heads = least_important(model, analysis.head_importance(model, batches), per_round)
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         analysis.prune_heads(model, heads)
         curve.append((sum(len(h) for h in analysis.pruned_heads(model).values()), mean_loss(model, batches)))
 
-    total, base = c.n_layer * c.n_head, curve[0][1]
+    total, base = config.n_layer * config.n_head, curve[0][1]
     print("\n" + table([[str(n), f"{100 * n / total:.0f}%", f"{loss:.4f}", f"{loss - base:+.4f}"] for n, loss in curve],
                        ["heads pruned", "share", "loss (nats/token)", "change"]))
     plt = plots.pyplot()
@@ -101,8 +102,7 @@ def mean_loss(model: GPT, batches: Batches) -> float:
 
 def least_important(model: GPT, importance: torch.Tensor, count: int) -> dict[int, list[int]]:
     """Up to `count` unpruned heads of least importance, never a layer's last head."""
-    remaining = {layer: [h for h in range(model.config.n_head) if h not in gone]
-                 for layer in range(model.config.n_layer) for gone in [analysis.pruned_heads(model).get(layer, [])]}
+    remaining = {layer: kept_heads(model, layer) for layer in range(model.config.n_layer)}
     order = sorted((importance[layer, head].item(), layer, head) for layer, heads in remaining.items() for head in heads)
     chosen: dict[int, list[int]] = {}
     for _, layer, head in order:

@@ -62,15 +62,13 @@ def parser() -> Parser:
 
 def main(args: argparse.Namespace) -> int:
     option(check_device, "--device", args.device)
-    if not 0 <= args.dropout < 1:
-        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
+                       n_positions=args.block, dropout=args.dropout)  # checked (--dropout too) before any work is done
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"--out {out}: {err.strerror or err}") from None
-    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
-                       n_positions=args.block, dropout=args.dropout)  # checked before any work is done
     torch.manual_seed(args.seed)
     train_text, held_out_text, where = corpus(args)
     tokenizer = tokenizer_for(train_text, args, out)

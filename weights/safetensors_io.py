@@ -12,8 +12,10 @@ resolves outside it is refused, so a checkpoint cannot make the loader read othe
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -52,14 +54,21 @@ def list_tensors(directory: Path, root: Path) -> tuple[dict[str, StoredTensor], 
     raise ValueError(f"no {SINGLE_FILE} or {SHARD_INDEX} in {directory} (only safetensors weights are read)")
 
 
-def _header(path: Path) -> dict[str, StoredTensor]:
-    check_readable(path, "weights file")
+@contextmanager
+def _opened(path: Path) -> Iterator:
+    """safe_open(path); a truncated or corrupt file, met while opening or reading, is a ValueError naming it."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            slices = {key: f.get_slice(key) for key in f.keys()}  # a slice reads its header entry, not the data
-            return {key: StoredTensor(path, part.get_dtype(), tuple(part.get_shape())) for key, part in slices.items()}
+            yield f
     except (SafetensorError, OSError, RuntimeError) as err:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}") from None
+
+
+def _header(path: Path) -> dict[str, StoredTensor]:
+    check_readable(path, "weights file")
+    with _opened(path) as f:
+        slices = {key: f.get_slice(key) for key in f.keys()}  # a slice reads its header entry, not the data
+        return {key: StoredTensor(path, part.get_dtype(), tuple(part.get_shape())) for key, part in slices.items()}
 
 
 def _sharded_headers(index: Path, root: Path) -> dict[str, StoredTensor]:
@@ -92,15 +101,12 @@ def read_tensors(listing: dict[str, StoredTensor]) -> dict[str, Tensor]:
         by_file.setdefault(stored.file, []).append(name)
     tensors = {}
     for path, names in by_file.items():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                # clone: get_tensor's memory is a read buffer at an arbitrary offset; torch's own
-                # allocations are 64-byte aligned, and CPU BLAS picks its kernels (and so its
-                # rounding) by alignment, so without this the same weights could give logits
-                # differing in the last bit depending on which file they came from
-                tensors |= {name: f.get_tensor(name).clone() for name in names}
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}") from None
+        with _opened(path) as f:
+            # clone: get_tensor's memory is a read buffer at an arbitrary offset; torch's own
+            # allocations are 64-byte aligned, and CPU BLAS picks its kernels (and so its
+            # rounding) by alignment, so without this the same weights could give logits
+            # differing in the last bit depending on which file they came from
+            tensors |= {name: f.get_tensor(name).clone() for name in names}
     return tensors
 
 

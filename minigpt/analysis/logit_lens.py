@@ -17,4 +17,4 @@ from ..model import GPT
 def logit_lens(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """(n_layer + 1, b, t, v): logits read from the embeddings, then from each block's output."""
     trace = model.trace(input_ids, attention_mask)
-    return torch.stack([model.wte.unembed(model.ln_f(state)) for state in trace.hidden_states])
+    return torch.stack([model.head(model.ln_f(state)) for state in trace.hidden_states])

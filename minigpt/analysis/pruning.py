@@ -17,7 +17,7 @@ from ..model import GPT
 
 def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
     """Remove heads[layer] from each listed layer, in place; returns the model. Every layer keeps
-    at least one head. Prune before `pack_for_cpu`: packed weights cannot be cut."""
+    at least one head. Prune before `minigpt.fast.optimize`: packed or int8 weights cannot be cut."""
     if not isinstance(model, GPT):
         raise ValueError(f"prune_heads prunes a minigpt GPT, got {type(model).__name__}")
     if not isinstance(heads, dict):
