@@ -33,7 +33,7 @@ from torch import Tensor
 from minigpt.checks import check_fits_in_memory, check_float, check_int
 
 from .generation import (ALTERNATIVES, DecoderModel, LENGTH_PENALTY_RANGE, Generation, check_record_options,
-                         decoding_rules, real_prompt_tokens, summarize)
+                         decoding_rules, prefill, real_prompt_tokens, summarize)
 
 # transformers' stand-in for log 0: finite, so a sum with it still orders correctly, and a beam
 # that holds it is never chosen over one that does not
@@ -260,7 +260,7 @@ class BeamSetup:
         """Run each prompt once, then copy its cache row and logits to its `copies` beams."""
         b = self.prompts
         cache = self.model.new_cache(b, self.prompt_length + self.max_new_tokens)
-        logits = self.model(self.input_ids, attention_mask=self.prompt_real, cache=cache, only_last=True)[:, -1]
+        logits = prefill(self.model, self.input_ids, self.prompt_real, cache)
         rows = torch.arange(b, device=logits.device).repeat_interleave(copies)  # ((b copies)): prompt of each beam
         return logits[rows], cache.take_rows(rows)
 

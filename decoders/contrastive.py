@@ -10,7 +10,7 @@ appended, and h_j that of each earlier real position: a candidate whose represen
 something already said is penalised (the degeneration penalty). α = 0 is greedy.
 
 To score a candidate the model must run it one step ahead: each row's cache is copied to its
-top_k candidates (`KVCache.take_rows`), the candidates run as one batch through `final_hidden`,
+top_k candidates (`KVCache.take_rows`), the candidates run as one batch through `transform`,
 and the chosen candidate's cache row and next logits are kept, so nothing is computed twice.
 Mirrors `GenerationMixin._contrastive_search` in transformers 4.55.4, the last release that ships it.
 
@@ -40,15 +40,16 @@ class ContrastiveStep:
     def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
         self.cache = self.model.new_cache(input_ids.shape[0], max_length)
         # (b s e): the hidden state of every position so far, which candidates are compared with
-        self.context = self.model.final_hidden(input_ids, attention_mask=real, cache=self.cache)
-        return self.model.head(self.context[:, -1])
+        self.context = self.model.transform(input_ids, real, self.cache)
+        return self.model.head(self.context[:, -1:])[:, -1]
 
     def choose(self, processed: Tensor) -> Tensor:
         b, c = processed.shape[0], self.top_k  # c candidates per row
         top_probs, candidates = processed.softmax(dim=-1).topk(c, dim=-1)  # (b c)
         # Every candidate one step ahead: row i's cache copied c times, the candidates as one batch.
         ahead = self.cache.take_rows(torch.arange(b, device=processed.device).repeat_interleave(c))
-        hidden = self.model.final_hidden(candidates.reshape(b * c, 1), cache=ahead)[:, -1].float()  # ((b c) e)
+        new_real = torch.ones(b * c, 1, dtype=torch.bool, device=processed.device)  # a candidate is a real token
+        hidden = self.model.transform(candidates.reshape(b * c, 1), new_real, ahead)[:, -1].float()  # ((b c) e)
         hidden = hidden.view(b, c, -1)
         # Degeneration penalty: the highest cosine similarity to any earlier real position.
         context = self.context.float()
@@ -63,7 +64,7 @@ class ContrastiveStep:
         self.cache = ahead.take_rows(kept)
         chosen_hidden = hidden.view(b * c, -1)[kept]  # (b e)
         self.context = torch.cat([self.context, chosen_hidden[:, None].to(self.context.dtype)], dim=1)
-        self.next_logits = self.model.head(chosen_hidden.to(self.context.dtype))
+        self.next_logits = self.model.head(chosen_hidden[:, None].to(self.context.dtype))[:, -1]
         return candidates.gather(1, best[:, None])[:, 0]
 
     def advance(self, tokens: Tensor) -> Tensor:

@@ -100,17 +100,12 @@ class DecoderModel(Protocol):
     device: torch.device
     dtype: torch.dtype
 
-    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                     head_mask: Tensor | None = None) -> Tensor:
+    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None
+                     ) -> Tensor:
         """The checks of the forward pass alone; returns which new positions hold real tokens (b t)."""
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                 head_mask: Tensor | None = None, only_last: bool = False) -> Tensor:
-        """Checked forward: ids (b t) -> logits (b t v), filling `cache` (the prefill)."""
-
-    def final_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                     head_mask: Tensor | None = None) -> Tensor:
-        """The same, up to the final LayerNorm (b t e): contrastive search compares these."""
+    def transform(self, input_ids: Tensor, real: Tensor, cache: KVCache | None = None) -> Tensor:
+        """The unchecked forward pass up to the final LayerNorm: ids (b t) -> (b t e), filling `cache`."""
 
     def head(self, hidden: Tensor) -> Tensor:
         """(... e) -> logits (... v)."""
@@ -142,6 +137,12 @@ def real_prompt_tokens(model, input_ids: Tensor, attention_mask: Tensor | None, 
     if not bool(real[:, -1].all()):
         raise ValueError("attention_mask must be left-padded: every row's last column must be a real token")
     return real
+
+
+def prefill(model: DecoderModel, input_ids: Tensor, real: Tensor, cache: KVCache) -> Tensor:
+    """The prompt (b t), already checked (`real_prompt_tokens`), through the model once: its keys and
+    values go into `cache`; returns the logits (b v) that follow its last token."""
+    return model.head(model.transform(input_ids, real, cache)[:, -1:])[:, -1]
 
 
 def eos_ids(eos_token_id: int | Sequence[int] | None, vocab_size: int) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from minigpt.kv_cache import KVCache
 
-from .generation import (ALTERNATIVES, DecoderModel, Generation, Rules, check_callback, check_record_options,
+from .generation import (ALTERNATIVES, DecoderModel, Generation, Rules, check_callback, check_record_options, prefill,
                          real_prompt_tokens, summarize)
 
 # Whether every row has stopped is read back to the host every this many steps: a read waits for
@@ -49,7 +49,7 @@ class FeedBack:
 
     def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
         self.cache = self.model.new_cache(input_ids.shape[0], max_length)
-        return self.model(input_ids, attention_mask=real, cache=self.cache, only_last=True)[:, -1]
+        return prefill(self.model, input_ids, real, self.cache)
 
     def choose(self, processed: Tensor) -> Tensor:
         return self.pick(processed)

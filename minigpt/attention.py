@@ -14,17 +14,19 @@ from __future__ import annotations
 import math
 from typing import Callable, Protocol
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-# attend(q, k, v, allowed, dropout_p) -> (out, pattern)
+from .hooks import HookPoint
+
+# attend(q, k, v, allowed, dropout_p, at) -> out
 #   q (b h t d), k and v (b h s d), allowed (b 1 t s) bool: may query t look at key s? Every
 #   query row has at least one allowed key (a padding query is allowed itself), so a softmax
-#   over the allowed keys is never 0/0.
-#   out (b h t d); pattern (b h t s), or None for a kernel that never forms it.
-AttendFn = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor | None]]
+#   over the allowed keys is never 0/0. at: the attention layer, whose hook points `at.hook_scores`
+#   and `at.hook_pattern` a kernel that forms scores and a pattern passes them through.
+#   out (b h t d).
+AttendFn = Callable[[Tensor, Tensor, Tensor, Tensor, float, "CausalSelfAttention"], Tensor]
 
 
 class KVWrite(Protocol):
@@ -36,87 +38,48 @@ class KVWrite(Protocol):
 
 
 class Attention(Protocol):
-    """The contract of a block's `attn` sublayer: what `TransformerBlock` calls, by keyword."""
+    """The contract of a block's `attn` sublayer: x (b t e) -> (b t e), with only what the
+    computation needs: `allowed` (b 1 t s) as for AttendFn (s = t without a cache, the cache's slots
+    with one), and `kv`: store the new keys and values and attend over what it returns."""
 
-    def __call__(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None, head_scale: Tensor | None
-                 ) -> tuple[Tensor, Tensor | None]:
-        """x (b t e) -> (b t e), and the attention pattern (b h t s) or None.
-        allowed (b 1 t s) as for AttendFn (s = t without a cache, the cache's slots with one);
-        kv: store the new keys and values and attend over what it returns; head_scale (n_head,)
-        multiplies each head's output, indexed by original head number, or None."""
+    def __call__(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor: ...
 
 
-def explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) -> tuple[Tensor, Tensor]:
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float,
+                       at: CausalSelfAttention) -> Tensor:
     """Scores, mask, softmax, weighted sum: the four steps, one line each."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (b h t s)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = at.hook_scores(scores.masked_fill(~allowed, float("-inf")))
     # softmax in float32: in float16 the exponentials of large scores overflow
-    pattern = scores.float().softmax(dim=-1).to(v.dtype)  # (b h t s), each row sums to 1
-    out = F.dropout(pattern, dropout_p) @ v if dropout_p else pattern @ v  # (b h t d)
-    return out, pattern
+    pattern = at.hook_pattern(scores.float().softmax(dim=-1).to(v.dtype))  # (b h t s), each row sums to 1
+    return F.dropout(pattern, dropout_p) @ v if dropout_p else pattern @ v  # (b h t d)
 
 
-def fused_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) -> tuple[Tensor, None]:
-    """The same computation in one fused kernel (flash / memory-efficient where available)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p), None
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float,
+                    at: CausalSelfAttention) -> Tensor:
+    """The same computation in one fused kernel (flash / memory-efficient where available); it never
+    forms the scores or the pattern, so their hook points are not reached."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, attend: AttendFn = explicit_attention):
         super().__init__()
         self.n_head = n_head
-        self.head_dim = n_embd // n_head
-        self.heads = list(range(n_head))  # the original index of each head kept (all, until `prune`)
         self.attend = attend
         self.dropout = dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # x -> q, k, v for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd)  # heads, concatenated -> back to the residual stream
         self.resid_dropout = nn.Dropout(dropout)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
 
-    def forward(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None = None, head_scale: Tensor | None = None
-                ) -> tuple[Tensor, Tensor | None]:
-        """The Attention protocol: x (b t e) -> (b t e), and the attention pattern (b h t s)
-        when the kernel forms one.
-
-        kv: stores this call's keys and values in a cache and returns all of them (b h s d).
-        head_scale: (h,) multiplies each head's output, so a head can be zeroed or weakened; it has
-        one entry per original head, so after pruning it still reads by the original numbering.
-        """
+    def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
+        """x (b t e) -> (b t e). kv, with a cache: stores this call's keys and values, returns all (b h s d)."""
         q, k, v = rearrange(self.c_attn(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # (b h t d): this call's positions
         if kv is not None:
-            k, v = kv(k, v)
-        out, pattern = self.attend(q, k, v, allowed, self.dropout if self.training else 0.0)
-        if head_scale is not None:
-            kept = head_scale.to(out)[self.heads]  # to the output's device and dtype; pruned heads dropped
-            out = out * rearrange(kept, "h -> 1 h 1 1")
-        out = rearrange(out, "b h t d -> b t (h d)")
-        return self.resid_dropout(self.c_proj(out)), pattern
-
-    def prune(self, drop: list[int]) -> None:
-        """Remove heads for good (Michel et al. 2019): the rows of c_attn that compute their q, k
-        and v, and the columns of c_proj that read their output. Heads are named by their original
-        index. The result equals zeroing those heads in head_mask, with fewer parameters."""
-        keep = [i for i, head in enumerate(self.heads) if head not in drop]
-        d = self.head_dim
-        # c_attn's output is (three h d): q of every head, then k, then v; keep each kept head's d rows of all three
-        rows = [part * len(self.heads) * d + i * d + j for part in range(3) for i in keep for j in range(d)]
-        columns = [i * d + j for i in keep for j in range(d)]  # c_proj's input is (h d)
-        self.c_attn = _linear_part(self.c_attn, rows=rows)
-        self.c_proj = _linear_part(self.c_proj, columns=columns)
-        self.heads = [self.heads[i] for i in keep]
-        self.n_head = len(keep)
-
-
-def _linear_part(linear: nn.Linear, rows: list[int] | None = None, columns: list[int] | None = None) -> nn.Linear:
-    """A new nn.Linear holding the given output rows and input columns of `linear`'s weight."""
-    weight = linear.weight.detach()
-    weight = weight[rows] if rows is not None else weight
-    weight = weight[:, columns] if columns is not None else weight
-    part = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None,
-                     device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        part.weight.copy_(weight)
-        if linear.bias is not None:
-            part.bias.copy_(linear.bias[rows] if rows is not None else linear.bias)
-    part.requires_grad_(linear.weight.requires_grad)
-    return part
+            k, v = kv(k, v)  # (b h s d): every position so far
+        out = self.attend(q, k, v, allowed, self.dropout if self.training else 0.0, self)  # (b h t d)
+        z = self.hook_z(rearrange(out, "b h t d -> b t h d"))  # each head's output
+        return self.resid_dropout(self.c_proj(rearrange(z, "b t h d -> b t (h d)")))

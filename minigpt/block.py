@@ -8,18 +8,17 @@ from torch import Tensor, nn
 
 from .attention import AttendFn, Attention, CausalSelfAttention, KVWrite, explicit_attention
 from .config import GPTConfig
+from .hooks import HookPoint
 from .mlp import MLP
 
 
 class Block(Protocol):
-    """The contract of what `make_block(config)` returns, called by the model once per layer.
-    Any nn.Module with this call works with the model, `trace`, the KV cache and every decoder
-    (tests/test_protocols.py holds a minimal one to it)."""
+    """The contract of what `make_block(config)` returns, called by the model once per layer: the
+    residual stream x (b t e) -> (b t e), with only what the computation needs: `allowed` (b 1 t s),
+    which keys each query may see, and `kv`, the layer's place in the KV cache or None (see the
+    Attention protocol). nanoGPT's block, its names adapted, is one (tests/test_protocols.py)."""
 
-    def __call__(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None, head_scale: Tensor | None
-                 ) -> tuple[Tensor, Tensor | None]:
-        """x (b t e) -> (b t e) and the attention pattern (b h t s), or None if the block never
-        forms one (then `trace` refuses it). allowed, kv, head_scale: as in the Attention protocol."""
+    def __call__(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor: ...
 
 
 class TransformerBlock(nn.Module):
@@ -28,14 +27,12 @@ class TransformerBlock(nn.Module):
     def __init__(self, ln_1: nn.Module, attn: Attention, ln_2: nn.Module, mlp: nn.Module):
         super().__init__()
         self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
+        self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint(), HookPoint()
 
-    def forward(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None = None, head_scale: Tensor | None = None
-                ) -> tuple[Tensor, Tensor | None]:
-        """The Block protocol: x (b t e) -> (b t e), and the attention pattern (b h t s) or None."""
-        attended, pattern = self.attn(self.ln_1(x), allowed=allowed, kv=kv, head_scale=head_scale)
-        x = x + attended
-        x = x + self.mlp(self.ln_2(x))
-        return x, pattern
+    def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
+        attended = self.hook_attn_out(self.attn(self.ln_1(x), allowed, kv))  # (b t e)
+        x = self.hook_resid_mid(x + attended)
+        return x + self.hook_mlp_out(self.mlp(self.ln_2(x)))
 
 
 def gpt2_block(config: GPTConfig, attend: AttendFn = explicit_attention) -> TransformerBlock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def check_token_ids(input_ids: Tensor, vocab_size: int, name: str = "input_ids")
         raise ValueError(f"{name} must hold integer token ids, got dtype {input_ids.dtype}")
     if input_ids.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(input_ids.shape)}): give at least one token per row")
+    if input_ids.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds shapes but no values; give real token ids")
     low, high = (int(x) for x in torch.aminmax(input_ids))
     if low < 0 or high >= vocab_size:
         raise ValueError(f"token id {low if low < 0 else high} is outside the vocabulary [0, {vocab_size}) (in {name})")
@@ -159,6 +162,9 @@ def check_readable(path: Path, what: str) -> Path:
     """Say which of 'not there', 'not a file' and 'not readable' is wrong, before a library reports
     all three as one vague error."""
     try:
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            # opening a named pipe for reading waits for a writer: it would hang, not fail
+            raise ValueError(f"{what} {path} is not a regular file (a named pipe, socket or device?)")
         with path.open("rb"):
             return path
     except FileNotFoundError:

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .hooks import HookPoint
+
 
 def gelu_new(x: Tensor) -> Tensor:
     """GELU, tanh approximation, exactly as GPT-2 was trained with (Hendrycks & Gimpel 2016, eq. 2)."""
@@ -21,6 +23,10 @@ class MLP(nn.Module):
         self.activation = activation
         self.c_proj = nn.Linear(width, n_embd)
         self.dropout = nn.Dropout(dropout)
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))  # (b t e) -> (b t m) -> (b t e), m = mlp_width (4e unless n_inner is set)
+        """x (b t e) -> (b t e), through m = mlp_width (4e unless n_inner is set) hidden units."""
+        pre = self.hook_pre(self.c_fc(x))  # (b t m)
+        post = self.hook_post(self.activation(pre))  # (b t m)
+        return self.dropout(self.c_proj(post))  # (b t e)

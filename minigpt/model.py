@@ -11,6 +11,7 @@ v vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -19,9 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from .block import Block, gpt2_block
-from .checks import check_finite_tensor, check_fits_in_memory, check_mask, check_token_ids
+from .boundary import check_construction, check_inputs, check_names
 from .config import GPTConfig
 from .embedding import TokenEmbedding
+from .head_mask import head_gates
+from .hooks import HookFn, HookPoint, attached, hook_points, hooks, not_reached
 from .kv_cache import KVCache
 
 
@@ -40,20 +43,16 @@ class Trace:
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, make_block: Callable[[GPTConfig], Block] = gpt2_block):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
-        if not callable(make_block):
-            raise ValueError(f"make_block must be a function GPTConfig -> block, got {type(make_block).__name__}")
-        default = torch.get_default_device()
-        if default.type != "meta":  # on meta nothing is allocated: a loader builds there first
-            check_fits_in_memory(config.parameter_count * torch.get_default_dtype().itemsize,
-                                 f"GPT({config.parameter_count:,} parameters)", default)
+        check_construction(config, make_block)
         self.config = config
         self.wte = TokenEmbedding(config.vocab_size, config.n_embd)  # token -> vector; also the output head
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # position -> vector (learned)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.hook_embed, self.hook_ln_f, self.hook_logits = HookPoint(), HookPoint(), HookPoint()
+        self.hook_resid_pre = [HookPoint() for _ in range(config.n_layer)]  # named blocks.{i}.resid_pre
+        self.hook_resid_post = [HookPoint() for _ in range(config.n_layer)]  # named blocks.{i}.resid_post
         self.apply(_init_gpt2_weights)
         # GPT-2 paper, 2.3: the projections that write into the residual stream start smaller, at
         # 0.02 / sqrt(2 n_layer), so the stream's variance does not grow with depth (each block
@@ -61,6 +60,36 @@ class GPT(nn.Module):
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    # ---- the forward pass, bare: no checks, no records ----------------------------------------
+
+    def transform(self, input_ids: Tensor, real: Tensor, cache: KVCache | None = None) -> Tensor:
+        """tokens (b t) -> embeddings -> blocks -> final LayerNorm (b t e). Unchecked: `forward` checks.
+        real (b t): which new positions hold real tokens. With a cache, the new keys and values go in it."""
+        if cache is None:
+            slots = torch.arange(input_ids.shape[1], device=input_ids.device)  # (t): the positions are the input's own
+        else:
+            real, slots = cache.append(real)  # the cache places the new positions: real is now (b s), every slot
+        positions, allowed = visibility(real, slots)  # (b t), (b 1 t s)
+        x = self.hook_embed(self.drop(self.wte(input_ids) + self.wpe(positions)))  # (b t e)
+        for layer, block in enumerate(self.blocks):
+            kv = cache.writer(layer, slots) if cache is not None else None
+            x = self.hook_resid_pre[layer](x)
+            x = self.hook_resid_post[layer](block(x, allowed, kv))  # (b t e)
+        return self.hook_ln_f(self.ln_f(x))
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """(... e) -> logits (... v): the output head, tied to the token embedding."""
+        return self.hook_logits(self.wte.unembed(hidden))
+
+    def next_logits(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """One decoding step: tokens (b), the token each row just chose -> the logits (b v) of the
+        position after it. Unchecked, because the decoders call it with tokens they chose
+        themselves: it reads nothing back to the host, so `minigpt.fast` can compile it as one graph."""
+        new_real = torch.ones_like(tokens, dtype=torch.bool)[:, None]  # (b 1): a chosen token is real
+        return self.head(self.transform(tokens[:, None], new_real, cache))[:, -1]
+
+    # ---- the public, checked calls --------------------------------------------------------------
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
                 head_mask: Tensor | None = None, only_last: bool = False) -> Tensor:
@@ -72,100 +101,61 @@ class GPT(nn.Module):
         out: the cache remembers its padding, and new tokens are taken as real.
         head_mask (l h) scales each head's output; 0 removes a head.
         """
-        if not isinstance(only_last, bool):
-            raise ValueError(f"only_last must be True or False, got {only_last!r:.40}")
-        hidden = self.final_hidden(input_ids, attention_mask, cache, head_mask)  # (b t e)
-        return self.head(hidden[:, -1:] if only_last else hidden)
+        real = self.check_inputs(input_ids, attention_mask, cache, head_mask, only_last)
+        with self.hooks(head_gates(self, head_mask)):
+            hidden = self.transform(input_ids, real, cache)  # (b t e)
+            return self.head(hidden[:, -1:] if only_last else hidden)
 
     def final_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
                      head_mask: Tensor | None = None) -> Tensor:
         """input_ids (b t) -> the last hidden state (b t e), after the final LayerNorm: what the
         output head reads (contrastive search compares these). Arguments as in `forward`."""
         real = self.check_inputs(input_ids, attention_mask, cache, head_mask)
-        return self._run(input_ids, real, cache, head_mask, record=False)[0]
+        with self.hooks(head_gates(self, head_mask)):
+            return self.transform(input_ids, real, cache)
 
-    def head(self, hidden: Tensor) -> Tensor:
-        """(... e) -> logits (... v): the output head, tied to the token embedding."""
-        return self.wte.unembed(hidden)
+    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                     head_mask: Tensor | None = None, only_last: bool = False) -> Tensor:
+        """The checks `forward` runs, alone (a decoder checks its prompt with them, once): arguments as
+        in `forward`. Returns which of the new positions hold real tokens (b t) bool."""
+        return check_inputs(self, input_ids, attention_mask, cache, head_mask, only_last)
+
+    # ---- reading and replacing activations (hooks.py) ------------------------------------------
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Every hook point by name, in the order of the forward pass (hooks.py lists them with shapes)."""
+        return hook_points(self)
+
+    def hooks(self, fns: dict[str, HookFn]) -> contextlib.AbstractContextManager:
+        """`with model.hooks({"blocks.3.resid_pre": fn}):` every pass inside calls fn(activation),
+        which returns a replacement or None to keep it: in `model(ids)`, `trace` and every decoder."""
+        return hooks(self, fns)
+
+    def run_with_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None, names: list[str] | None = None,
+                       head_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The logits (b t v) and the activations at the named hook points (None: every one the pass
+        reaches). A name the model's blocks never form (a fused kernel's pattern) is an error."""
+        real = self.check_inputs(input_ids, attention_mask, None, head_mask)
+        points = self.hook_points()
+        wanted = check_names(names, points)
+        acts: dict[str, Tensor] = {}
+        keep = {name: (lambda x, name=name: acts.__setitem__(name, x)) for name in wanted}  # returns None: keeps x
+        with self.hooks(head_gates(self, head_mask)), attached(points, keep):
+            logits = self.head(self.transform(input_ids, real))
+        missed = [name for name in wanted if name not in acts]
+        if missed and names is not None:
+            raise not_reached(missed[0])
+        return logits, {name: acts[name] for name in wanted if name in acts}
 
     def trace(self, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Trace:
         """The forward pass with every hidden state and attention pattern kept (no cache). The last
         hidden state is before the final LayerNorm; `Trace.after_ln_f` is the one after it."""
-        real = self.check_inputs(input_ids, attention_mask, None, head_mask)
-        final, hidden_states, attentions = self._run(input_ids, real, None, head_mask, record=True)
-        return Trace(self.head(final), hidden_states, attentions, final)
-
-    def next_logits(self, tokens: Tensor, cache: KVCache) -> Tensor:
-        """One decoding step: tokens (b), the token each row just chose -> the logits (b v) of the
-        position after it. Unchecked, because the decoders call it with tokens they chose
-        themselves: it reads nothing back to the host, so `minigpt.fast` can compile it as one graph."""
-        new_real = torch.ones_like(tokens, dtype=torch.bool)[:, None]  # (b 1): a chosen token is real
-        return self.head(self._run(tokens[:, None], new_real, cache, None, record=False)[0][:, -1])
-
-    def _run(
-        self,
-        input_ids: Tensor,
-        real: Tensor,
-        cache: KVCache | None,
-        head_mask: Tensor | None,
-        record: bool,
-    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """tokens -> embeddings -> blocks -> ln_f. real (b t): which of the new positions hold real
-        tokens. Returns ln_f's output (b t e) and, with `record`, the residual stream after each
-        stage and each layer's attention pattern."""
-        if cache is None:
-            slots = torch.arange(input_ids.shape[1], device=input_ids.device)  # (t): the positions are the input's own
-        else:
-            real, slots = cache.append(real)  # the cache places the new positions: real is now (b s), every slot
-        positions, allowed = visibility(real, slots)
-
-        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (b t e)
-        hidden_states, attentions = [x], []
-        for layer, block in enumerate(self.blocks):
-            kv = cache.writer(layer, slots) if cache is not None else None
-            head_scale = head_mask[layer] if head_mask is not None else None  # (h): this layer's row of the mask
-            x, pattern = block(x, allowed=allowed, kv=kv, head_scale=head_scale)
-            if record:
-                if pattern is None:
-                    raise ValueError(
-                        f"block {layer}'s attention kernel does not form attention patterns; "
-                        "build the model with explicit_attention to trace it"
-                    )
-                hidden_states.append(x)
-                attentions.append(pattern)
-        return self.ln_f(x), hidden_states, attentions
-
-    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                     head_mask: Tensor | None = None) -> Tensor:
-        """The checks `forward` runs, alone (the decoders check a prompt with them): every argument
-        as in `forward`. Returns which of the new positions hold real tokens (b t) bool."""
-        config = self.config
-        check_token_ids(input_ids, config.vocab_size)
-        if input_ids.device != self.device:
-            raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.device}; move one of them")
-        b, t = input_ids.shape
-        if cache is not None and not isinstance(cache, KVCache):
-            raise ValueError(f"cache must be a KVCache (model.new_cache(batch, max_length)), got {type(cache).__name__}")
-        past = cache.length if cache is not None else 0
-        if past + t > config.n_positions:
-            raise ValueError(
-                f"{past + t} positions ({past} cached + {t} new) exceed the model's context of "
-                f"n_positions={config.n_positions}"
-            )
-        if cache is not None:
-            if cache.batch != b:
-                raise ValueError(f"the cache holds {cache.batch} rows but input_ids has {b}")
-            if past + t > cache.max_length:
-                raise ValueError(f"KVCache is full: it holds {past} of max_length={cache.max_length} positions "
-                                 f"and cannot take {t} more")
-        if head_mask is not None:
-            check_finite_tensor("head_mask", head_mask, (config.n_layer, config.n_head))
-        if attention_mask is None:  # every new token is real; with a cache, the cached padding stays as it was
-            return torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
-        real = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)
-        if past and not torch.equal(real[:, :past], cache.real[:, :past].to(real.device)):
-            raise ValueError(f"attention_mask's first {past} columns contradict the padding the cache already holds")
-        return real[:, past:]
+        layers = range(self.config.n_layer)
+        names = ["embed", *(f"blocks.{i}.resid_post" for i in layers), *(f"blocks.{i}.attn.pattern" for i in layers),
+                 "ln_f"]
+        logits, acts = self.run_with_cache(input_ids, attention_mask, names=names, head_mask=head_mask)
+        return Trace(logits, hidden_states=[acts["embed"], *(acts[f"blocks.{i}.resid_post"] for i in layers)],
+                     attentions=[acts[f"blocks.{i}.attn.pattern"] for i in layers], after_ln_f=acts["ln_f"])
 
     @property
     def device(self) -> torch.device:

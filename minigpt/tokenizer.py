@@ -27,6 +27,7 @@ import torch
 
 from .bpe_trainer import learn_merges
 from .checks import check_readable
+from .files import write_text_atomically
 
 # Contractions, then letters, digits, other symbols (each may carry one leading space), then
 # whitespace. `\s+(?!\S)` leaves the last space of a run to start the next word: " a  b" splits
@@ -115,6 +116,10 @@ class Tokenizer:
             raise ValueError(f"vocabulary {vocab_file}: symbol {bad!r} has id {encoder[bad]!r}; ids are integers >= 0")
         if len(set(encoder.values())) != len(encoder):
             raise ValueError(f"vocabulary {vocab_file} gives the same id to two symbols")
+        missing = [symbol for symbol in bytes_to_unicode().values() if symbol not in encoder]
+        if missing:  # byte-level BPE spells any text from these 256; without one, some text has no tokens
+            raise ValueError(f"vocabulary {vocab_file} lacks {len(missing)} of the 256 byte symbols (first: "
+                             f"{missing[0]!r}); a byte-level BPE vocabulary needs every one")
         merges = []
         for number, line in enumerate(merges_text.splitlines(), start=1):
             if not line or line.startswith("#version"):
@@ -141,8 +146,8 @@ class Tokenizer:
         directory = Path(directory)
         vocab, merges = directory / "vocab.json", directory / "merges.txt"
         ranked = sorted(self.ranks, key=self.ranks.get)
-        vocab.write_text(json.dumps(self.encoder, ensure_ascii=False), encoding="utf-8")
-        merges.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in ranked), encoding="utf-8")
+        write_text_atomically(vocab, json.dumps(self.encoder, ensure_ascii=False))
+        write_text_atomically(merges, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in ranked))
         return vocab, merges
 
     # ---- encoding ----------------------------------------------------------------------------

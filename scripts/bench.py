@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 import decoders
-from common import DTYPES, Parser, option, positive_int, random_gpt2_checkpoint, run, seconds
+from common import (DTYPES, Parser, add_threads_argument, machine_line, option, positive_int, random_gpt2_checkpoint, run,
+                    seconds)
 from minigpt import Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
@@ -138,6 +139,7 @@ def parser() -> Parser:
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled-step column (it compiles "
                         "for a minute per batch size)")
+    add_threads_argument(parser)
     return parser
 
 
@@ -207,6 +209,7 @@ def main(args: argparse.Namespace) -> int:
              None),
         ]
 
+    print(machine_line())
     print(f"{args.preset} shape ({config.n_layer} layers, {config.n_embd} wide), random weights; {args.device}, {args.dtype}, "
           f"{threads} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; median of {args.repeats}; "
           "tokens per second (ratio to transformers)")

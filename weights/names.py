@@ -60,7 +60,9 @@ def check_public(listing: dict[str, StoredTensor], config: GPTConfig, where: str
     read. Every problem is named in one ValueError of a few lines."""
     names = {_unprefixed(name) for name in listing}
     blocks = {int(m.group(1)) for name in names if (m := BLOCK_INDEX.match(name))}
-    if blocks != set(range(config.n_layer)):  # checked first: n_layer=10**6 must not build a 12-million-row table
+    # checked first, by count and ends (0 and n_layer - 1 with none missing between): n_layer=10**8 must
+    # build neither a 1.2-billion-row table nor a set of 10**8 numbers
+    if len(blocks) != config.n_layer or (blocks and (min(blocks), max(blocks)) != (0, config.n_layer - 1)):
         held = f"blocks h.0 to h.{max(blocks)} ({len(blocks)})" if blocks else "no blocks"
         raise ValueError(f"checkpoint {where}: its config says n_layer={config.n_layer}, but it holds {held}")
     stored = {_unprefixed(name): value for name, value in listing.items()}

@@ -1,17 +1,21 @@
 """Head pruning: remove attention heads for good (Michel, Levy & Neubig 2019, section 4).
 
-A pruned head's rows of c_attn (its q, k and v) and columns of c_proj (what reads its output) are
-cut out, so the model is smaller and faster, and computes exactly what the unpruned model computes
-with those heads' gates set to 0 in head_mask. Heads keep their original numbers: head_mask is
-still (n_layer, n_head) and a pruned head's entry is ignored.
+Plain module surgery: a pruned head's rows of c_attn (its q, k and v) and columns of c_proj (what
+reads its output) are cut out into new, smaller nn.Linear layers, and the attention's n_head goes
+down, so the model is smaller and faster, and computes exactly what the unpruned model computes
+with those heads' gates set to 0 in head_mask. Heads keep their original numbers: the attention's
+`kept_heads` (set here) lists them, head_mask is still (n_layer, n_head) and a pruned head's entry
+is ignored.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..attention import CausalSelfAttention
 from ..checks import check_int
+from ..head_mask import kept_heads
 from ..model import GPT
 
 
@@ -34,20 +38,42 @@ def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
             raise ValueError(f"block {layer} has no CausalSelfAttention (`attn`) whose heads could be removed")
         if type(attn.c_attn) is not nn.Linear or type(attn.c_proj) is not nn.Linear:
             raise ValueError(f"block {layer}'s projections are not nn.Linear (packed?): prune before packing")
-        gone = sorted(set(drop) - set(attn.heads))
+        gone = sorted(set(drop) - set(kept_heads(model, layer)))
         if gone:
             raise ValueError(f"head {gone[0]} of layer {layer} is already pruned")
-        if set(attn.heads) <= set(drop):
+        if set(kept_heads(model, layer)) <= set(drop):
             raise ValueError(f"pruning {sorted(set(drop))} would leave layer {layer} with no head; keep at least one")
     for layer, drop in heads.items():
-        model.blocks[layer].attn.prune(sorted(set(drop)))
+        _cut_heads(model.blocks[layer].attn, kept_heads(model, layer), set(drop), model.config.head_dim)
     return model
 
 
-def kept_heads(model: GPT, layer: int) -> list[int]:
-    """The original indices of the heads layer `layer` still has (all, for a block never pruned)."""
-    attn = getattr(model.blocks[layer], "attn", None)
-    return list(getattr(attn, "heads", range(model.config.n_head)))
+def _cut_heads(attn: CausalSelfAttention, heads: list[int], drop: set[int], d: int) -> None:
+    """Replace attn's projections by the parts that serve the heads kept. heads: the original index
+    of each head attn has now; d: head width."""
+    keep = [i for i, head in enumerate(heads) if head not in drop]  # positions among attn's current heads
+    # c_attn's output is (three h d): q of every head, then k, then v; keep each kept head's d rows of all three
+    rows = [part * len(heads) * d + i * d + j for part in range(3) for i in keep for j in range(d)]
+    columns = [i * d + j for i in keep for j in range(d)]  # c_proj's input is (h d)
+    attn.c_attn = _linear_part(attn.c_attn, rows=rows)
+    attn.c_proj = _linear_part(attn.c_proj, columns=columns)
+    attn.n_head = len(keep)
+    attn.kept_heads = [heads[i] for i in keep]  # read by head_mask.kept_heads
+
+
+def _linear_part(linear: nn.Linear, rows: list[int] | None = None, columns: list[int] | None = None) -> nn.Linear:
+    """A new nn.Linear holding the given output rows and input columns of `linear`'s weight."""
+    weight = linear.weight.detach()
+    weight = weight[rows] if rows is not None else weight
+    weight = weight[:, columns] if columns is not None else weight
+    part = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None,
+                     device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        part.weight.copy_(weight)
+        if linear.bias is not None:
+            part.bias.copy_(linear.bias[rows] if rows is not None else linear.bias)
+    part.requires_grad_(linear.weight.requires_grad)
+    return part
 
 
 def pruned_heads(model: GPT) -> dict[int, list[int]]:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_choice, check_float, check_int
+from ..files import write_atomically
 from ..model import GPT
 from .batches import TokenWindows
 
@@ -41,6 +43,19 @@ class TrainConfig:
     eval_every: int = 250
     save_every: int = 250
     dtype: str = "float32"  # or "bfloat16": autocast the forward, keep the parameters in float32
+
+    def __post_init__(self) -> None:
+        """Checked where it is made, so a run never trains nonsense (a negative clip is gradient
+        ascent; a learning rate of 1e30 gives NaN) and a script fails before writing anything."""
+        for name in ("steps", "batch", "accumulate", "eval_every", "save_every"):
+            check_int(name, getattr(self, name), 1)
+        check_int("warmup", self.warmup, 0)
+        check_float("lr", self.lr, 0, 10, open_low=True)  # above ~1 AdamW's steps are as large as the weights
+        check_float("min_lr", self.min_lr, 0, self.lr)
+        check_float("weight_decay", self.weight_decay, 0, 1, open_high=True)
+        check_float("beta2", self.beta2, 0, 1, open_low=True, open_high=True)
+        check_float("clip", self.clip, 0, open_low=True)
+        check_choice("dtype", self.dtype, ("float32", "bfloat16"))
 
 
 def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
@@ -131,13 +146,11 @@ def train(
 
 def save_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer, data: TokenWindows, step: int,
                history: list[dict], config: TrainConfig) -> None:
-    """Everything a resumed run needs; written to a temporary file first, so a run stopped while
-    saving never leaves half a checkpoint."""
+    """Everything a resumed run needs; written whole or not at all (`write_atomically`), so a run
+    stopped while saving never leaves half a checkpoint."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history,
              "data": data.generator.get_state(), "rng": torch.get_rng_state(), "config": asdict(config)}
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    partial.replace(path)
+    write_atomically(path, lambda partial: torch.save(state, partial))
 
 
 def load_state(path: Path | None, model: GPT, optimizer: torch.optim.Optimizer, data: TokenWindows,

@@ -1,0 +1,91 @@
+"""The model's checked boundary: what every public call of `GPT` checks, once, before the bare
+forward pass runs. The computation itself (model.py, block.py, attention.py, mlp.py) checks nothing.
+
+Each check names the argument, what it must be and what it got, so a bad input is one ValueError
+here and never an error from deep inside torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .checks import check_finite_tensor, check_fits_in_memory, check_mask, check_token_ids
+from .config import GPTConfig
+from .hooks import describe
+from .kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from .model import GPT
+
+
+def check_construction(config: object, make_block: object) -> None:
+    """GPT(config, make_block): the arguments, and that the parameters fit in memory."""
+    if not isinstance(config, GPTConfig):
+        raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+    if not callable(make_block):
+        raise ValueError(f"make_block must be a function GPTConfig -> block, got {type(make_block).__name__}")
+    default = torch.get_default_device()
+    if default.type != "meta":  # on meta nothing is allocated: a loader builds there first
+        check_fits_in_memory(config.parameter_count * torch.get_default_dtype().itemsize,
+                             f"GPT({config.parameter_count:,} parameters)", default)
+
+
+def check_inputs(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                 head_mask: Tensor | None = None, only_last: bool = False) -> Tensor:
+    """The arguments of `GPT.forward`. Returns which of the new positions hold real tokens (b t) bool."""
+    config = model.config
+    check_token_ids(input_ids, config.vocab_size)
+    if input_ids.device != model.device:
+        raise ValueError(f"input_ids is on {input_ids.device} but the model is on {model.device}; move one of them")
+    if not isinstance(only_last, bool):
+        raise ValueError(f"only_last must be True or False, got {only_last!r:.40}")
+    b, t = input_ids.shape
+    if cache is not None:
+        check_cache(model, cache, b)
+    past = cache.length if cache is not None else 0
+    if past + t > config.n_positions:
+        raise ValueError(f"{past + t} positions ({past} cached + {t} new) exceed the model's context of "
+                         f"n_positions={config.n_positions}")
+    if cache is not None and past + t > cache.max_length:
+        raise ValueError(f"KVCache is full: it holds {past} of max_length={cache.max_length} positions "
+                         f"and cannot take {t} more")
+    if head_mask is not None:
+        check_finite_tensor("head_mask", head_mask, (config.n_layer, config.n_head))
+    if attention_mask is None:  # every new token is real; with a cache, the cached padding stays as it was
+        return torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
+    real = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)
+    if past and not torch.equal(real[:, :past], cache.real[:, :past].to(real.device)):
+        raise ValueError(f"attention_mask's first {past} columns contradict the padding the cache already holds")
+    return real[:, past:]
+
+
+def check_cache(model: GPT, cache: object, batch: int) -> None:
+    """A KVCache made for this model (`model.new_cache`): its shape, dtype and device."""
+    if not isinstance(cache, KVCache):
+        raise ValueError(f"cache must be a KVCache (model.new_cache(batch, max_length)), got {type(cache).__name__}")
+    config = model.config
+    n_layer, rows, n_head, _, head_dim = cache.keys.shape
+    if (n_layer, n_head, head_dim) != (config.n_layer, config.n_head, config.head_dim):
+        raise ValueError(f"the cache was made for another model: {n_layer} layers x {n_head} heads x {head_dim} "
+                         f"wide, this one has {config.n_layer} x {config.n_head} x {config.head_dim}; "
+                         "use model.new_cache(batch, max_length)")
+    if cache.keys.dtype != model.dtype or cache.keys.device != model.device:
+        raise ValueError(f"the cache holds {cache.keys.dtype} on {cache.keys.device}, the model computes "
+                         f"{model.dtype} on {model.device}; use model.new_cache(batch, max_length)")
+    if rows != batch:
+        raise ValueError(f"the cache holds {rows} rows but input_ids has {batch}")
+
+
+def check_names(names: object, known: dict) -> list[str]:
+    """run_with_cache's `names`: None (all) or a list of hook-point names that exist."""
+    if names is None:
+        return list(known)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"names must be a list of hook-point names, or None for all, got {names!r:.60}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"no hook point named {unknown[0]!r}; the hook points are: {describe(known)}")
+    return list(dict.fromkeys(names))
