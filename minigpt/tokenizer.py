@@ -116,6 +116,11 @@ class Tokenizer:
             raise ValueError(f"vocabulary {vocab_file}: symbol {bad!r} has id {encoder[bad]!r}; ids are integers >= 0")
         if len(set(encoder.values())) != len(encoder):
             raise ValueError(f"vocabulary {vocab_file} gives the same id to two symbols")
+        stand_ins = set(bytes_to_unicode().values())
+        foreign = next((symbol for symbol in encoder if not set(symbol) <= stand_ins), None)
+        if foreign is not None:  # decode maps each character back to a byte: any other character has none
+            raise ValueError(f"vocabulary {vocab_file}: symbol {foreign!r} is not written in the 256 byte stand-in "
+                             "characters of a byte-level BPE")
         missing = [symbol for symbol in bytes_to_unicode().values() if symbol not in encoder]
         if missing:  # byte-level BPE spells any text from these 256; without one, some text has no tokens
             raise ValueError(f"vocabulary {vocab_file} lacks {len(missing)} of the 256 byte symbols (first: "
@@ -127,6 +132,9 @@ class Tokenizer:
             pair = line.split(" ")
             if len(pair) != 2 or not all(pair):
                 raise ValueError(f"merges {merges_file} line {number} is not two symbols separated by a space: {line[:60]!r}")
+            absent = [part for part in pair if part not in encoder]
+            if absent:
+                raise ValueError(f"merges {merges_file} line {number}: {absent[0]!r} is not in the vocabulary {vocab_file}")
             if pair[0] + pair[1] not in encoder:
                 raise ValueError(f"merges {merges_file} line {number}: the merged symbol {pair[0] + pair[1]!r} "
                                  f"is not in the vocabulary {vocab_file}")
@@ -137,6 +145,8 @@ class Tokenizer:
     def train(cls, text: str, vocab_size: int) -> Tokenizer:
         """A byte-level BPE learned from `text` (see `bpe_trainer.py`): 256 byte tokens, the most
         frequent merges, and `<|endoftext|>` as the last id. Any string still round-trips."""
+        if isinstance(text, str):  # learn_merges checks the rest; a lone surrogate is read as encode reads it
+            text = _without_lone_surrogates(text)
         encoder, merges = learn_merges(text, vocab_size, GPT2_PATTERN, bytes_to_unicode(), END_OF_TEXT)
         return cls(encoder, merges)
 

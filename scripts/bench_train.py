@@ -41,6 +41,10 @@ class Logits(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def config(self):  # what the loop reads: vocab_size
+        return self.reference.config
+
 
 def parser() -> Parser:
     parser = Parser(__doc__)

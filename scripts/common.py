@@ -259,7 +259,8 @@ def run_decoder(name: str, args: argparse.Namespace, model: GPT, ids: torch.Tens
         return decoders.contrastive_search(model, ids, penalty_alpha=args.penalty_alpha,
                                            top_k=4 if args.top_k is None else args.top_k, **options, **extra)
     sampling = dict(temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p, min_p=args.min_p,
-                    typical_p=args.typical_p, generator=torch.Generator(device=args.device).manual_seed(args.seed))
+                    typical_p=args.typical_p, num_return_sequences=args.num_return_sequences,
+                    generator=torch.Generator(device=args.device).manual_seed(args.seed))
     return decoders.sample(model, ids, **(sampling | extra), **options)
 
 

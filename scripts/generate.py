@@ -47,13 +47,17 @@ def main(args: argparse.Namespace) -> int:
         if eos is None or token not in (eos if isinstance(eos, list) else [eos]):
             print(text.decode(tokenizer.decode_bytes([token])), end="", flush=True)
 
-    if args.decoder in ("beam", "diverse"):  # ranked at the end: nothing to stream
+    ranked, several = args.decoder in ("beam", "diverse"), args.num_return_sequences > 1
+    if several and not ranked and args.decoder != "sample":
+        raise ValueError(f"--num-return-sequences {args.num_return_sequences}: {args.decoder} writes one continuation "
+                         "per prompt (it draws nothing at random); use --decoder sample, beam or diverse")
+    if ranked or several:  # ranked at the end, or several texts at once: nothing to stream
         out = run_decoder(args.decoder, args, model, ids, options)
         print(args.prompt, end="")
         for row in range(out.sequences.shape[0]):
             new = out.new_tokens[row, : int(out.new_lengths[row])]
-            label = f"\n[beam {row}, score {float(out.sequence_scores[row]):.3f}] " if row else ""
-            print(label + tokenizer.decode(new), end="")
+            label = (f"[beam {row}, score {float(out.sequence_scores[row]):.3f}]" if ranked else f"[sample {row}]")
+            print((f"\n{label} " if row else "") + tokenizer.decode(new), end="")
     else:
         out = run_decoder(args.decoder, args, model, ids, options, on_token=stream)
     print(text.decode(b"", final=True))

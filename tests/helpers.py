@@ -95,9 +95,13 @@ def write_checkpoint(model: GPT2LMHeadModel, directory: Path, layout: str) -> Pa
     return directory
 
 
-def reference_and_ours(config: GPTConfig, layout: str, tmp_path: Path, seed: int = 0, **load_kwargs):
-    """transformers' random GPT-2, and ours loaded from the checkpoint it was written to."""
+def reference_and_ours(config: GPTConfig, layout: str, tmp_path: Path, seed: int = 0, eager: bool = False,
+                       **load_kwargs):
+    """transformers' random GPT-2, and ours loaded from the checkpoint it was written to. eager:
+    transformers' attention kernel that forms attention patterns (its default is the fused one)."""
     reference = random_reference(config, seed)
+    if eager:
+        reference.set_attn_implementation("eager")
     directory = write_checkpoint(reference, tmp_path / f"{layout}-{seed}", layout)
     return reference, load_gpt2(directory, **load_kwargs)
 
@@ -118,6 +122,17 @@ def fake_hub_cache(cache, checkpoint, repo, commit="0123abcd"):
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(commit)
     return repo_dir
+
+
+def left_padded(vocab_size: int, seed: int = 0, lengths=(9, 5, 7)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids (b t) and a left-padded mask: row i holds lengths[i] real tokens at its end."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(0, vocab_size, (len(lengths), width), generator=g)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, width - n:] = 1
+    return ids, mask
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import decoders
-from helpers import max_abs_diff, positions, reference_and_ours
+from helpers import left_padded, max_abs_diff, positions, reference_and_ours
 from minigpt import GPT, GPTConfig, analysis
 from minigpt.fast import pack_for_cpu
 from weights import save_gpt2
@@ -27,19 +27,11 @@ CONFIG = GPTConfig(n_layer=3, n_head=4, n_embd=24, vocab_size=50, n_positions=32
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    reference, ours = reference_and_ours(CONFIG, "hub", tmp_path_factory.mktemp("analysis"), seed=4)
-    reference.set_attn_implementation("eager")  # the kernel that forms attention patterns
-    return reference, ours
+    return reference_and_ours(CONFIG, "hub", tmp_path_factory.mktemp("analysis"), seed=4, eager=True)
 
 
 def padded_batch(seed: int = 0, lengths=(9, 5, 7)):
-    g = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.randint(0, CONFIG.vocab_size, (len(lengths), width), generator=g)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, width - n :] = 1
-    return ids, mask
+    return left_padded(CONFIG.vocab_size, seed, lengths)
 
 
 def reference_labels(ids, mask):

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import decoders
-from helpers import max_abs_diff, positions, reference_and_ours
+from helpers import left_padded, max_abs_diff, positions, reference_and_ours
 from minigpt import GPT, GPTConfig, fused_attention, gpt2_block
 
 CONFIG = GPTConfig(n_layer=3, n_head=4, n_embd=24, vocab_size=50, n_positions=32)
@@ -29,19 +29,11 @@ PER_BLOCK = ["resid_pre", "attn.q", "attn.k", "attn.v", "attn.scores", "attn.pat
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    reference, ours = reference_and_ours(CONFIG, "hub", tmp_path_factory.mktemp("hooks"), seed=3)
-    reference.set_attn_implementation("eager")  # the kernel that forms attention patterns
-    return reference, ours
+    return reference_and_ours(CONFIG, "hub", tmp_path_factory.mktemp("hooks"), seed=3, eager=True)
 
 
-def padded_batch(seed: int = 0, lengths=(9, 5, 7)):
-    g = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.randint(0, CONFIG.vocab_size, (len(lengths), width), generator=g)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, width - n:] = 1
-    return ids, mask
+def padded_batch(seed: int = 0):
+    return left_padded(CONFIG.vocab_size, seed)
 
 
 def reference_activations(reference, ids, mask) -> dict[str, torch.Tensor]:
@@ -88,6 +80,15 @@ def reference_activations(reference, ids, mask) -> dict[str, torch.Tensor]:
     for i, pattern in enumerate(out.attentions):
         seen[f"blocks.{i}.attn.pattern"] = pattern
     return seen
+
+
+def reference_logits(reference, handle, ids, mask) -> torch.Tensor:
+    """transformers' logits with the hook behind `handle` in place; the hook is removed after."""
+    try:
+        with torch.no_grad():
+            return reference(ids, attention_mask=mask, position_ids=positions(mask)).logits
+    finally:
+        handle.remove()
 
 
 def real_part(name: str, value: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -140,11 +141,7 @@ def test_a_residual_patch_equals_the_same_patch_by_a_hook_on_transformers(pair):
     with torch.no_grad(), ours.hooks({"blocks.1.resid_pre": patch}):
         mine = ours(ids, attention_mask=mask)
     handle = reference.transformer.h[1].register_forward_pre_hook(lambda module, inputs: (patch(inputs[0]),) + inputs[1:])
-    try:
-        with torch.no_grad():
-            theirs = reference(ids, attention_mask=mask, position_ids=positions(mask)).logits
-    finally:
-        handle.remove()
+    theirs = reference_logits(reference, handle, ids, mask)
     real = mask.bool()
     assert max_abs_diff(mine[real], theirs[real]) <= TOL
     with torch.no_grad():
@@ -170,11 +167,7 @@ def test_a_head_ablation_equals_zeroing_it_in_transformers_and_head_mask_zero(pa
         return (x,)
 
     handle = reference.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero_input)
-    try:
-        with torch.no_grad():
-            theirs = reference(ids, attention_mask=mask, position_ids=positions(mask)).logits
-    finally:
-        handle.remove()
+    theirs = reference_logits(reference, handle, ids, mask)
     real = mask.bool()
     assert max_abs_diff(mine[real], theirs[real]) <= TOL
     head_mask = torch.ones(CONFIG.n_layer, CONFIG.n_head)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import GPT, GPTConfig
+from minigpt import GPT, GPTConfig, Tokenizer
+from minigpt.training import TokenWindows, TrainConfig, make_optimizer
+from minigpt.training.state import save_state
 from weights import save_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +42,31 @@ def small_vocabulary(tmp_path_factory):
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps(config | {"eos_token_id": 50256}))
     return directory
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, text_file):
+    """Run directories train.py --resume must refuse: a corrupt state, one saved by a model of another
+    shape, one that lacks keys, and one whose tokenizer is gone; each otherwise like RUN's run."""
+    root = tmp_path_factory.mktemp("runs")
+    tokenizer = Tokenizer.train(text_file.read_text()[: int(len(text_file.read_text()) * 0.95)], 300)
+    config = TrainConfig(steps=5, batch=2)
+    other = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=300, n_positions=32))
+    states = {
+        "corrupt": lambda path: path.write_bytes(b"\x80\x02 not a state"),
+        "foreign": lambda path: save_state(path, other, make_optimizer(other, config), TokenWindows(
+            torch.arange(100), 32, 0), 2, [], config),
+        "incomplete": lambda path: torch.save({"model": {}, "step": 2, "config": dataclasses.asdict(config)}, path),
+        "no-tokenizer": lambda path: path.write_bytes(b""),
+    }
+    for name, write in states.items():
+        (root / name / "training-tokenizer").mkdir(parents=True)
+        if name != "no-tokenizer":
+            tokenizer.save(root / name / "training-tokenizer")
+        else:
+            (root / name / "training-tokenizer").rmdir()
+        write(root / name / "training-state.pt")
+    return root
 
 
 def launch(script: str, *args: str | bytes, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -85,6 +113,8 @@ def test_bench_prints_ratios():
 
 
 W = "--weights"
+RUN = ["--text-file", "{text}", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block", "32", "--vocab-size",
+       "300", "--steps", "5", "--batch", "2"]  # the run the states in `runs` claim to be
 BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what the error line must say
     ("generate.py", [W, "/nonexistent", "--prompt", "hi"], "--weights: weights path /nonexistent does not exist"),
     ("generate.py", [W, "", "--prompt", "hi"], "--weights: weights must be a checkpoint directory"),
@@ -132,6 +162,16 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("train.py", ["--vocab-size", "5000", "--text-file", "{text}"], "only enough distinct pairs for a vocabulary of"),
     ("train.py", ["--resume", "--out", "{empty}", "--text-file", "{text}"], "--resume: "),
     ("train.py", ["--steps", "0"], "argument --steps: must be an integer >= 1"),
+    ("train.py", ["--lr", "1e30", "--text-file", "{text}"], "--lr must be in (0, 10], got 1e+30"),
+    ("train.py", ["--clip", "-1", "--text-file", "{text}"], "--clip must be in (0, inf), got -1"),
+    ("train.py", ["--weight-decay", "-1", "--text-file", "{text}"], "--weight-decay must be in [0, 1), got -1"),
+    ("train.py", ["--resume", "--out", "{runs}/corrupt", *RUN], "it is not a training state this loop wrote"),
+    ("train.py", ["--resume", "--out", "{runs}/foreign", *RUN], "it was saved by a model of another shape"),
+    ("train.py", ["--resume", "--out", "{runs}/incomplete", *RUN], "the state is incomplete, it lacks optimizer"),
+    ("train.py", ["--resume", "--out", "{runs}/no-tokenizer", *RUN], "holds no run to continue (no training-tokenizer)"),
+    ("train.py", ["--resume", *RUN], "--resume needs --out"),
+    ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--num-return-sequences", "3"],
+     "--num-return-sequences 3: greedy writes one continuation per prompt"),
     ("bench_train.py", ["--n-embd", "10", "--n-head", "3"], "--n-embd (10) must be divisible by --n-head (3)"),
 ]
 if not torch.cuda.is_available():
@@ -139,9 +179,9 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("script, arguments, expected", BAD_ARGUMENTS)
-def test_a_user_error_is_one_error_line_and_exit_status_2(checkpoint, small_vocabulary, text_file, tmp_path, script,
-                                                         arguments, expected):
-    places = dict(ckpt=checkpoint, tiny=small_vocabulary, text=text_file, empty=tmp_path)
+def test_a_user_error_is_one_error_line_and_exit_status_2(checkpoint, small_vocabulary, text_file, runs, tmp_path,
+                                                         script, arguments, expected):
+    places = dict(ckpt=checkpoint, tiny=small_vocabulary, text=text_file, empty=tmp_path, runs=runs)
     filled = [a.format(**places) if isinstance(a, str) else a for a in arguments]
     done = launch(script, *filled)
     err = done.stderr.decode(errors="replace")

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..checks import real_tokens
 from ..model import GPT
+from .loss import check_gpt
 from .pruning import kept_heads
 
 
@@ -19,7 +20,7 @@ from .pruning import kept_heads
 def attention_entropy(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """(n_layer, n_head): each head's attention entropy in nats, averaged over real query positions
     (padding queries left out), with 0·log 0 = 0. A pruned head's entry is NaN: it has no attention."""
-    trace = model.trace(input_ids, attention_mask)  # checks the inputs
+    trace = check_gpt(model, "attention_entropy").trace(input_ids, attention_mask)  # checks the inputs
     real = real_tokens(input_ids, attention_mask)
     config = model.config
     entropy = torch.full((config.n_layer, config.n_head), float("nan"), device=input_ids.device)

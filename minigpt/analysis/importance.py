@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..model import GPT
-from .loss import lm_loss, predicted
+from .loss import check_gpt, lm_loss, predicted
 
 
 def head_importance(
@@ -30,9 +30,16 @@ def head_importance(
     normalize: divide each layer's row by its L2 norm, as the paper does before comparing heads
     across layers. A pruned head gets 0 (its gate reaches nothing).
     """
+    check_gpt(model, "head_importance")
     if not isinstance(normalize, bool):
         raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    if not isinstance(input_ids, Tensor) and attention_mask is not None:
+        raise ValueError("attention_mask goes with a single batch; with an iterable of batches, give each batch "
+                         "its own as (input_ids, attention_mask) pairs")
     batches = [(input_ids, attention_mask)] if isinstance(input_ids, Tensor) else list(input_ids)
+    odd = next((i for i, batch in enumerate(batches) if not isinstance(batch, (tuple, list)) or len(batch) != 2), None)
+    if odd is not None:
+        raise ValueError(f"batch {odd} must be an (input_ids, attention_mask) pair, got {type(batches[odd]).__name__}")
     if not batches:
         raise ValueError("head_importance got no batches")
     config = model.config
@@ -40,8 +47,9 @@ def head_importance(
     tokens = 0
     for ids, attention_mask in batches:
         gate = torch.ones(config.n_layer, config.n_head, device=model.device, requires_grad=True)  # ξ = 1
-        loss = lm_loss(model, ids, attention_mask, head_mask=gate)
-        (gradient,) = torch.autograd.grad(loss, gate)
+        with torch.enable_grad():  # a gradient is the point, even when called under torch.no_grad()
+            loss = lm_loss(model, ids, attention_mask, head_mask=gate)
+            (gradient,) = torch.autograd.grad(loss, gate)
         count = int(predicted(ids, attention_mask).sum())
         total += gradient.abs() * count
         tokens += count

@@ -14,6 +14,13 @@ from ..checks import real_tokens
 from ..model import GPT
 
 
+def check_gpt(model: object, caller: str) -> GPT:
+    """The analysis tools read a minigpt GPT's hook points and config: anything else is named here."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"{caller} takes a minigpt GPT (load_gpt2 or GPT(config)), got {type(model).__name__}")
+    return model
+
+
 def predicted(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """(b t-1) bool: is token t+1 a real token predicted from a real position t? The tokens the
     loss counts; its denominator is their number."""
@@ -31,6 +38,7 @@ def predicted(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor
 def lm_loss(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Tensor:
     """Mean next-token negative log-likelihood in nats over real predicted tokens: a scalar,
     differentiable with respect to the parameters and to head_mask."""
+    check_gpt(model, "lm_loss")
     counted = predicted(input_ids, attention_mask)  # (b t-1)
     logits = model(input_ids, attention_mask=attention_mask, head_mask=head_mask)  # (b t v)
     logprobs = logits[:, :-1].float().log_softmax(dim=-1)  # position t predicts token t+1

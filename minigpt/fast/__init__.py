@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_choice
+from ..embedding import TokenEmbedding
 from ..model import GPT
 from .head import RowsLastHead
 from .int8 import Int8Linear, Int8TokenEmbedding, quantize_int8
@@ -37,6 +38,11 @@ def optimize(model: GPT, *, weights: str = "float32") -> GPT:
     if not isinstance(model, GPT):
         raise ValueError(f"optimize takes a minigpt GPT, got {type(model).__name__}")
     check_choice("weights", weights, WEIGHT_FORMATS)
+    swapped = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (PackedLinear, Int8Linear))} |
+                     ({type(model.wte).__name__} if type(model.wte) is not TokenEmbedding else set()))
+    if swapped or "next_logits" in vars(model):  # a second swap would keep the first one's layers under the new dtype
+        raise ValueError(f"the model is already optimized ({', '.join(swapped) or 'its step compiled'}); "
+                         "optimize a freshly loaded model (load_gpt2 again) for another weight format")
     model.eval().requires_grad_(False)
     if weights == "bfloat16":
         model.to(torch.bfloat16)

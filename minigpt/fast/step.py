@@ -14,14 +14,22 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice
 from ..kv_cache import KVCache
 from ..model import GPT
 
 
-def compile_step(model: GPT, mode: str | None = None) -> GPT:
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def compile_step(model: GPT, mode: str = "default") -> GPT:
     """Compile model.next_logits as one graph (`mode` as torch.compile takes it). Returns the model."""
     if not isinstance(model, GPT):
         raise ValueError(f"compile_step compiles a minigpt GPT's step, got {type(model).__name__}")
+    check_choice("mode", mode, MODES)
+    if "next_logits" in vars(model):
+        raise ValueError("the model's step is already compiled; compile_step a freshly loaded model, or "
+                         "`del model.next_logits` to undo the first")
     compiled = torch.compile(model.next_logits, fullgraph=True, mode=mode)
 
     def next_logits(tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:

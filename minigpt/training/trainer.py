@@ -6,7 +6,7 @@
 - the gradient's global norm is clipped to `clip`;
 - `accumulate` micro-batches are summed into one optimizer step (a larger batch in the same memory);
 - every `eval_every` steps the held-out loss, over every held-out token;
-- a checkpoint holds everything a resumed run needs to continue bit for bit: parameters, AdamW's
+- a checkpoint (`state.py`) holds everything a resumed run needs to continue bit for bit: parameters, AdamW's
   moments, the step, where the data generator is, and torch's random state (dropout).
 """
 
@@ -15,18 +15,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..checks import check_choice, check_float, check_int
-from ..files import write_atomically
+from ..checks import check_choice, check_float, check_fits_in_memory, check_int
 from ..model import GPT
 from .batches import TokenWindows
+from .state import load_state, save_state
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,37 @@ def evaluate(model: GPT, windows: TokenWindows, batch: int) -> float:
     return total / count
 
 
+def check_training(model: nn.Module, data: object, held_out: object, config: object, state_path: object,
+                   resume: object, report: object) -> None:
+    """train's arguments, before any step: the model must be trainable in float32 (bfloat16 is
+    autocast, not stored), and a batch's logits must fit in memory."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model, "device"):
+        raise ValueError(f"train takes a model with a config and a device (a minigpt GPT), got {type(model).__name__}")
+    for name, value in (("data", data), ("held_out", held_out)):
+        if not isinstance(value, TokenWindows):
+            raise ValueError(f"{name} must be TokenWindows, got {type(value).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(resume, bool) or not callable(report):
+        raise ValueError("resume must be True or False and report a function of one record")
+    if state_path is not None and not isinstance(state_path, (str, Path)):
+        raise ValueError(f"state_path must be a path or None, got {type(state_path).__name__}")
+    if resume and state_path is None:
+        raise ValueError("resume=True needs the state_path to resume from")
+    parameters = list(model.parameters())
+    if not any(p.requires_grad for p in parameters):
+        raise ValueError("the model has no trainable parameters: a model made fast by minigpt.fast.optimize is "
+                         "for inference only; load it again to train it")
+    stored = {p.dtype for p in parameters} - {torch.float32}
+    if stored:
+        raise ValueError(f"train keeps the parameters in float32 (dtype='bfloat16' autocasts the forward pass), but the "
+                         f"model holds {', '.join(map(str, stored))}; call model.float() first")
+    vocab = model.config.vocab_size
+    # logits, their float32 copy and their gradient: the largest tensors of a step
+    check_fits_in_memory(3 * config.batch * data.block * vocab * 4,
+                         f"a training batch of {config.batch} x {data.block} tokens over {vocab} logits", model.device)
+
+
 def train(
     model: GPT,
     data: TokenWindows,
@@ -109,6 +140,7 @@ def train(
     evaluation, "held_out" too (the progress bar and log live with the caller).
     state_path: where checkpoints go every config.save_every steps; resume=True starts from it.
     """
+    check_training(model, data, held_out, config, state_path, resume, report)
     optimizer = make_optimizer(model, config)
     step, history = 0, []
     if resume:
@@ -128,6 +160,9 @@ def train(
                 loss = next_token_loss(model, inputs.to(model.device), targets.to(model.device))
             (loss / config.accumulate).backward()  # the gradients of the micro-batches add up to their mean's
             total += loss.item() / config.accumulate
+        if not math.isfinite(total):  # diverged: every later step would be NaN too
+            raise ValueError(f"the training loss became {total} at step {step + 1} (learning rate "
+                             f"{learning_rate(step, config):.3g}); lower lr or raise warmup")
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -142,27 +177,3 @@ def train(
             save_state(state_path, model, optimizer, data, step, history, config)
     model.eval()
     return history
-
-
-def save_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer, data: TokenWindows, step: int,
-               history: list[dict], config: TrainConfig) -> None:
-    """Everything a resumed run needs; written whole or not at all (`write_atomically`), so a run
-    stopped while saving never leaves half a checkpoint."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history,
-             "data": data.generator.get_state(), "rng": torch.get_rng_state(), "config": asdict(config)}
-    write_atomically(path, lambda partial: torch.save(state, partial))
-
-
-def load_state(path: Path | None, model: GPT, optimizer: torch.optim.Optimizer, data: TokenWindows,
-               config: TrainConfig) -> tuple[int, list[dict]]:
-    if path is None or not path.is_file():
-        raise ValueError(f"cannot resume: no training state at {path}")
-    state = torch.load(path, weights_only=True)  # tensors, numbers and lists only: nothing is unpickled
-    if state["config"] != asdict(config):
-        changed = sorted(k for k in asdict(config) if state["config"].get(k) != asdict(config)[k])
-        raise ValueError(f"cannot resume {path}: it was trained with other settings ({', '.join(changed)})")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    data.generator.set_state(state["data"])
-    torch.set_rng_state(state["rng"])
-    return state["step"], state["history"]
