@@ -8,7 +8,9 @@ from .contrastive import contrastive_search
 from .diverse_beam import diverse_beam_search
 from .generation import DecoderModel, Generation, sequence_logprob
 from .greedy import greedy
+from .options import DecodingOptions
+from .records import BeamTree, TreeStep
 from .sampling import sample
 
 __all__ = ["greedy", "sample", "beam_search", "diverse_beam_search", "contrastive_search", "DecoderModel", "Generation",
-           "sequence_logprob", "processors"]
+           "DecodingOptions", "BeamTree", "TreeStep", "sequence_logprob", "processors"]

@@ -26,79 +26,87 @@ from einops import einsum
 from torch import Tensor
 
 from minigpt.checks import check_float, check_int
+from minigpt.kv_cache import KVCache
 
-from .generation import ALTERNATIVES, DecoderModel, Generation, decoding_rules
-from .token_loop import token_loop
-
-
-class ContrastiveStep:
-    """The `Step` of contrastive search (see token_loop.py)."""
-
-    def __init__(self, model, penalty_alpha: float, top_k: int):
-        self.model, self.alpha, self.top_k = model, penalty_alpha, top_k
-
-    def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
-        self.cache = self.model.new_cache(input_ids.shape[0], max_length)
-        # (b s e): the hidden state of every position so far, which candidates are compared with
-        self.context = self.model.transform(input_ids, real, self.cache)
-        return self.model.head(self.context[:, -1:])[:, -1]
-
-    def choose(self, processed: Tensor) -> Tensor:
-        b, c = processed.shape[0], self.top_k  # c candidates per row
-        top_probs, candidates = processed.softmax(dim=-1).topk(c, dim=-1)  # (b c)
-        # Every candidate one step ahead: row i's cache copied c times, the candidates as one batch.
-        ahead = self.cache.take_rows(torch.arange(b, device=processed.device).repeat_interleave(c))
-        new_real = torch.ones(b * c, 1, dtype=torch.bool, device=processed.device)  # a candidate is a real token
-        hidden = self.model.transform(candidates.reshape(b * c, 1), new_real, ahead)[:, -1].float()  # ((b c) e)
-        hidden = hidden.view(b, c, -1)
-        # Degeneration penalty: the highest cosine similarity to any earlier real position.
-        context = self.context.float()
-        similarity = einsum(hidden / hidden.norm(dim=-1, keepdim=True), context / context.norm(dim=-1, keepdim=True),
-                            "b c e, b s e -> b c s")
-        real = self.cache.real[:, : context.shape[1]]  # (b s): the cache knows which positions are padding
-        padding = (~real).float() * torch.finfo(similarity.dtype).min  # padding never counts
-        penalty = (similarity + padding[:, None, :]).amax(dim=-1)  # (b c)
-        best = ((1 - self.alpha) * top_probs - self.alpha * penalty).argmax(dim=-1)  # (b)
-        # Keep the chosen candidate's cache row, hidden state and next logits: no second forward.
-        kept = torch.arange(b, device=processed.device) * c + best
-        self.cache = ahead.take_rows(kept)
-        chosen_hidden = hidden.view(b * c, -1)[kept]  # (b e)
-        self.context = torch.cat([self.context, chosen_hidden[:, None].to(self.context.dtype)], dim=1)
-        self.next_logits = self.model.head(chosen_hidden[:, None].to(self.context.dtype))[:, -1]
-        return candidates.gather(1, best[:, None])[:, 0]
-
-    def advance(self, tokens: Tensor) -> Tensor:
-        return self.next_logits  # found while the candidates were scored
+from .generation import DecoderModel, Generation, check_model
+from .options import DecodingOptions, decoding_options
+from .token_loop import start
 
 
-def contrastive_search(
-    model: DecoderModel,
-    input_ids: Tensor,
-    *,
-    penalty_alpha: float,
-    top_k: int,
-    max_new_tokens: int,
-    attention_mask: Tensor | None = None,
-    eos_token_id: int | list[int] | None = None,
-    pad_token_id: int | None = None,
-    min_new_tokens: int = 0,
-    no_repeat_ngram_size: int = 0,
-    repetition_penalty: float = 1.0,
-    on_token: Callable[[Tensor], None] | None = None,
-    alternatives: int = ALTERNATIVES,
-    keep_logprobs: bool = False,
-) -> Generation:
+@torch.no_grad()
+def contrastive_search(model: DecoderModel, input_ids: Tensor, *, penalty_alpha: float, top_k: int, max_new_tokens: int,
+                       attention_mask: Tensor | None = None, on_token: Callable[[Tensor], None] | None = None,
+                       options: DecodingOptions | None = None, **shared) -> Generation:
     """Extend each prompt row by up to max_new_tokens tokens chosen by contrastive search.
 
     Equals transformers 4.55.4 `generate(penalty_alpha=..., top_k=..., do_sample=False)`. The
-    candidates come from the processed distribution (the processors as in greedy); penalty_alpha
+    candidates come from the processed distribution (the shared options as in greedy); penalty_alpha
     in [0, 1] weighs the degeneration penalty against the model's confidence; top_k >= 1 candidates
-    are run ahead each step, so a step costs a forward of b * top_k rows. Padding and stopping as in greedy.
+    are run ahead each step, so a step costs a forward of b * top_k rows. A candidate the processors
+    banned is never chosen; a row with none left stops. Padding and stopping as in greedy.
     """
-    rules = decoding_rules(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                           no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+    check_model(model)
+    options = decoding_options("contrastive_search", options, shared, own=["penalty_alpha", "top_k", "on_token"])
+    rules = options.rules(model.config.vocab_size)
     check_float("penalty_alpha", penalty_alpha, 0.0, 1.0)
     check_int("top_k", top_k, 1, model.config.vocab_size)
-    return token_loop(model, input_ids, step=ContrastiveStep(model, penalty_alpha, top_k), rules=rules,
-                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, on_token=on_token,
-                      alternatives=alternatives, keep_logprobs=keep_logprobs)
+    prompt_real, stops, recorder = start(model, input_ids, attention_mask, max_new_tokens, on_token, options, rules)
+    tokens = input_ids  # (b s)
+    if max_new_tokens:
+        cache = model.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+        context = model.transform(input_ids, prompt_real, cache)  # (b s e): every position's last hidden state
+        logits = model.head(context[:, -1:])[:, -1]  # (b v)
+    for new in range(max_new_tokens):
+        logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
+        processed = rules.processors(logits, tokens, cache.real[:, : tokens.shape[1]], new)
+        probs, candidates = top_candidates(processed, top_k)  # (b c)
+        hidden, ahead = look_ahead(model, cache, candidates)  # (b c e), and the cache with each candidate in it
+        banned = processed.gather(1, candidates) == float("-inf")  # fewer than top_k tokens were left
+        best = choose(probs, banned, hidden, context, cache.real, penalty_alpha)  # (b)
+        cache, context, next_logits = keep(model, ahead, hidden, context, best)
+        chosen = stops.hold(processed, candidates.gather(1, best[:, None])[:, 0])
+        recorder.step(logits, processed, chosen, stops.alive)
+        tokens = torch.cat([tokens, chosen[:, None]], dim=1)
+        if on_token is not None:
+            on_token(chosen)
+        if stops.all_stopped(chosen, new):
+            break
+        logits = next_logits
+    return recorder.generation(tokens, prompt_real)
+
+
+def top_candidates(processed: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The `count` likeliest tokens of each row's processed distribution (b v): probabilities and ids (b c)."""
+    return processed.softmax(dim=-1).topk(count, dim=-1)
+
+
+def look_ahead(model: DecoderModel, cache: KVCache, candidates: Tensor) -> tuple[Tensor, KVCache]:
+    """Every candidate one step ahead: row i's cache copied c times, the candidates run as one batch.
+    Returns their last hidden states (b c e) and that cache, rows ((b c))."""
+    b, c = candidates.shape
+    ahead = cache.take_rows(torch.arange(b, device=candidates.device).repeat_interleave(c))
+    new_real = torch.ones(b * c, 1, dtype=torch.bool, device=candidates.device)  # a candidate is a real token
+    hidden = model.transform(candidates.reshape(b * c, 1), new_real, ahead)[:, -1]  # ((b c) e)
+    return hidden.view(b, c, -1), ahead
+
+
+def choose(probs: Tensor, banned: Tensor, hidden: Tensor, context: Tensor, real: Tensor, alpha: float) -> Tensor:
+    """The candidate (b) with the best (1 - α) p - α · max cosine similarity to an earlier real
+    position; a candidate the processors banned (b c) never wins."""
+    hidden, context = hidden.float(), context.float()
+    similarity = einsum(hidden / hidden.norm(dim=-1, keepdim=True), context / context.norm(dim=-1, keepdim=True),
+                        "b c e, b s e -> b c s")
+    real = real[:, : context.shape[1]]  # (b s): the cache knows which positions are padding
+    padding = (~real).float() * torch.finfo(similarity.dtype).min  # padding never counts
+    penalty = (similarity + padding[:, None, :]).amax(dim=-1)  # (b c): the degeneration penalty
+    return ((1 - alpha) * probs - alpha * penalty).masked_fill(banned, float("-inf")).argmax(dim=-1)
+
+
+def keep(model: DecoderModel, ahead: KVCache, hidden: Tensor, context: Tensor, best: Tensor
+         ) -> tuple[KVCache, Tensor, Tensor]:
+    """The chosen candidate's cache row, its hidden state appended to the context, and the logits
+    that follow it (b v): found while the candidates were scored, so nothing runs twice."""
+    b, c = hidden.shape[:2]
+    kept = torch.arange(b, device=best.device) * c + best
+    chosen_hidden = hidden.reshape(b * c, -1)[kept][:, None].to(context.dtype)  # (b 1 e)
+    return ahead.take_rows(kept), torch.cat([context, chosen_hidden], dim=1), model.head(chosen_hidden)[:, -1]

@@ -8,23 +8,26 @@ positions, v vocabulary, a alternatives kept per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from minigpt.checks import check_float, check_int, check_token_id, check_token_ids, real_tokens
+from minigpt.checks import check_int, check_token_ids, real_tokens
 from minigpt.config import GPTConfig
 from minigpt.kv_cache import KVCache
 
-from . import processors
-from .processors import Processor
-
-ALTERNATIVES = 5  # how many of the most likely tokens each step remembers
+if TYPE_CHECKING:
+    from .records import BeamTree
 
 
 @dataclass
 class Generation:
+    """What every decoder returns. `scores` are what the search ranked by (the processed
+    log-probabilities: after repetition penalty, n-gram blocking, temperature, top-k ...);
+    `token_logprobs` are the model's own log-probabilities of the same tokens, what
+    `sequence_logprob` sums. transformers' `compute_transition_scores` gives the first."""
+
     sequences: Tensor  # (b, prompt + new): rows that stopped early are padded with pad_token_id
     prompt_length: int  # columns of `sequences` that are the (left-padded) prompt
     attention_mask: Tensor  # (b, prompt + new): 1 for real tokens (prompt, new tokens, the EOS)
@@ -37,6 +40,10 @@ class Generation:
     # (b, new, v) with keep_logprobs=True: the whole processed log-probability row of each step, the
     # distribution the token was chosen from (P(EOS) per step, sums to 1, without a second pass)
     step_logprobs: Tensor | None = None
+    # beam search with keep_tree=True: every candidate of every step (records.BeamTree), and each
+    # returned row's path through it, (b, new): its candidate's index at each step (-1 past its end)
+    tree: BeamTree | None = None
+    paths: Tensor | None = None
 
     @property
     def new_tokens(self) -> Tensor:
@@ -63,32 +70,6 @@ class Generation:
             )
             lines.append(f"{step:>4}  {show(chosen):<16} {float(self.entropy[row, step]):>7.3f}  {alts}")
         return "\n".join(lines)
-
-
-def summarize(logprobs: Tensor, count: int = ALTERNATIVES) -> tuple[Tensor, Tensor, Tensor]:
-    """(b v) log-probabilities -> entropy (b), the `count` likeliest ids (b a), their probabilities (b a).
-    A token a processor removed (log p = -inf) is never listed: its id is -1."""
-    probs = logprobs.exp()
-    # a removed token has p = 0 and log p = -inf; clamping makes its term 0 * (finite) = 0, not NaN
-    entropy = -(probs * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum(dim=-1)
-    top = torch.topk(logprobs, count, dim=-1)
-    removed = top.values == float("-inf")
-    return entropy, top.indices.masked_fill(removed, -1), top.values.exp()
-
-
-def check_record_options(model, alternatives: int, keep_logprobs: bool) -> None:
-    check_int("alternatives", alternatives, 0, model.config.vocab_size)
-    if not isinstance(keep_logprobs, bool):
-        raise ValueError(f"keep_logprobs must be True or False, got {keep_logprobs!r:.40}")
-
-
-# A temperature or repetition penalty multiplies or divides the logits. Logits of a real model are
-# at most ~1e4 in size, so scaled within this range they stay far inside float32 (3.4e38): the
-# softmax never meets inf - inf. 1e-45, say, turns every logit into inf and every score into NaN.
-SCALE_RANGE = (1e-6, 1e6)
-# length_penalty is an exponent of the generated length (<= 1024): 1024 ** 10 is still a float32,
-# while beyond it the normalised scores overflow to inf or underflow to ties.
-LENGTH_PENALTY_RANGE = (-10.0, 10.0)
 
 
 @runtime_checkable
@@ -143,52 +124,6 @@ def prefill(model: DecoderModel, input_ids: Tensor, real: Tensor, cache: KVCache
     """The prompt (b t), already checked (`real_prompt_tokens`), through the model once: its keys and
     values go into `cache`; returns the logits (b v) that follow its last token."""
     return model.head(model.transform(input_ids, real, cache)[:, -1:])[:, -1]
-
-
-def eos_ids(eos_token_id: int | Sequence[int] | None, vocab_size: int) -> tuple[int, ...]:
-    """The EOS ids as a tuple (transformers also takes a list, and a row stops at any of them)."""
-    if eos_token_id is None:
-        return ()
-    if isinstance(eos_token_id, (list, tuple)):
-        if not eos_token_id:
-            raise ValueError("eos_token_id is an empty list; give None for no EOS")
-        return tuple(check_token_id(f"eos_token_id[{i}]", e, vocab_size) for i, e in enumerate(eos_token_id))
-    return (check_token_id("eos_token_id", eos_token_id, vocab_size),)
-
-
-@dataclass(frozen=True)
-class Rules:
-    """The options every decoder takes, checked and put to use."""
-
-    eos_ids: tuple[int, ...]  # a row stops at any of these
-    pad_token_id: int  # what a row holds after it stopped
-    processors: Processor  # what each step's logits go through before a token is chosen
-
-
-def decoding_rules(
-    model,
-    *,
-    eos_token_id: int | Sequence[int] | None,
-    pad_token_id: int | None,
-    min_new_tokens: int,
-    no_repeat_ngram_size: int,
-    repetition_penalty: float,
-    then: Sequence[Processor] = (),
-) -> Rules:
-    """Check the options all decoders share and turn them into Rules. The pad id defaults to the
-    first EOS id; `then`: processors of the decoder's own (sampling's), run after the shared ones."""
-    check_model(model)
-    vocab = model.config.vocab_size
-    eos = eos_ids(eos_token_id, vocab)
-    if pad_token_id is not None:
-        check_token_id("pad_token_id", pad_token_id, vocab)
-    check_int("min_new_tokens", min_new_tokens, low=0)
-    check_int("no_repeat_ngram_size", no_repeat_ngram_size, low=0)
-    check_float("repetition_penalty", repetition_penalty, *SCALE_RANGE)
-    steps = processors.shared(repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                              min_new_tokens=min_new_tokens, eos_ids=eos)
-    return Rules(eos_ids=eos, pad_token_id=pad_token_id if pad_token_id is not None else eos[0] if eos else 0,
-                 processors=processors.chain([*steps, *then]))
 
 
 def repeat_rows(rows: Tensor, times: int, name: str) -> Tensor:

@@ -10,32 +10,16 @@ from torch import Tensor
 from minigpt.checks import check_float, check_int
 
 from . import processors
-from .generation import ALTERNATIVES, DecoderModel, SCALE_RANGE, Generation, decoding_rules, repeat_rows
-from .token_loop import FeedBack, token_loop
+from .generation import DecoderModel, Generation, check_model, repeat_rows
+from .options import SCALE_RANGE, DecodingOptions, decoding_options
+from .token_loop import token_loop
 
 
-def sample(
-    model: DecoderModel,
-    input_ids: Tensor,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    typical_p: float = 1.0,
-    num_return_sequences: int = 1,
-    generator: torch.Generator | None = None,
-    attention_mask: Tensor | None = None,
-    eos_token_id: int | list[int] | None = None,
-    pad_token_id: int | None = None,
-    min_new_tokens: int = 0,
-    no_repeat_ngram_size: int = 0,
-    repetition_penalty: float = 1.0,
-    on_token: Callable[[Tensor], None] | None = None,
-    alternatives: int = ALTERNATIVES,
-    keep_logprobs: bool = False,
-) -> Generation:
+def sample(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, min_p: float = 0.0, typical_p: float = 1.0, num_return_sequences: int = 1,
+           generator: torch.Generator | None = None, attention_mask: Tensor | None = None,
+           on_token: Callable[[Tensor], None] | None = None, options: DecodingOptions | None = None,
+           **shared) -> Generation:
     """Extend each prompt row by up to max_new_tokens sampled tokens.
 
     top_k=0, top_p=1.0, min_p=0.0 and typical_p=1.0 are off; they apply in transformers' order
@@ -47,8 +31,11 @@ def sample(
     the processed logits) and draws nothing from the generator.
     With generator=torch.Generator().manual_seed(s), the tokens equal those of
     `torch.manual_seed(s); model.generate(do_sample=True, ...)` with the same options.
-    Other options, padding and stopping are as in `greedy`.
+    The shared options, padding and stopping are as in `greedy`.
     """
+    check_model(model)
+    options = decoding_options("sample", options, shared, own=["temperature", "top_k", "top_p", "min_p", "typical_p",
+                                                               "num_return_sequences", "generator", "on_token"])
     check_float("temperature", temperature, 0.0, SCALE_RANGE[1])
     if 0 < temperature < SCALE_RANGE[0]:
         raise ValueError(f"temperature must be 0 (greedy) or in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {temperature:g}")
@@ -59,23 +46,21 @@ def sample(
     check_int("num_return_sequences", num_return_sequences, 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    then = processors.sampling(temperature=temperature or 1.0, top_k=top_k, top_p=top_p, min_p=min_p,
-                               typical_p=typical_p)
-    rules = decoding_rules(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
-                           no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, then=then)
     if generator is not None and generator.device.type != model.device.type:
         raise ValueError(f"generator is on {generator.device} but the model is on {model.device}; "
                          f"make it with torch.Generator(device={model.device.type!r})")
+    then = processors.sampling(temperature=temperature or 1.0, top_k=top_k, top_p=top_p, min_p=min_p,
+                               typical_p=typical_p)
 
     def draw(logits: Tensor) -> Tensor:
         if temperature == 0:
             return logits.argmax(dim=-1)
-        return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)[:, 0]
+        # a row whose every token is banned has no distribution (NaN); it stops, whatever is drawn for it
+        return torch.multinomial(logits.softmax(dim=-1).nan_to_num(1.0), num_samples=1, generator=generator)[:, 0]
 
     if num_return_sequences > 1:  # each prompt row r times in a row: (b t) -> ((b r) t)
         input_ids = repeat_rows(input_ids, num_return_sequences, "input_ids")
         attention_mask = None if attention_mask is None else repeat_rows(attention_mask, num_return_sequences,
                                                                           "attention_mask")
-    return token_loop(model, input_ids, step=FeedBack(model, draw), rules=rules, max_new_tokens=max_new_tokens,
-                      attention_mask=attention_mask, on_token=on_token, alternatives=alternatives,
-                      keep_logprobs=keep_logprobs)
+    return token_loop(model, input_ids, pick=draw, options=options, rules=options.rules(model.config.vocab_size, then),
+                      max_new_tokens=max_new_tokens, attention_mask=attention_mask, on_token=on_token)

@@ -1,25 +1,25 @@
-"""The loop greedy decoding, sampling and contrastive search share: one token per row per step.
+"""The loop of the decoders that choose one token per row per step (greedy decoding and sampling;
+contrastive search runs its own, with the same `Stops` and `Recorder`).
 
-A `Step` says how tokens are chosen and how the next logits are found: `start` runs the prompt
-(prefill, filling the KV cache), `choose` picks a token per row from the processed logits, and
-`advance` gives the logits that follow the chosen tokens. The loop around it applies the logits
-processors, pads rows that have stopped, records what a `Generation` reports, and stops.
-Mirrors `GenerationMixin._sample` in transformers' `generation/utils.py`.
+    prefill: the prompt through the model once, its keys and values into the KV cache
+    each step: process the logits -> pick a token per row -> record -> stop? -> the next logits
 
-Axes: b rows, t prompt positions, s tokens so far, v vocabulary, a alternatives kept per step.
+Mirrors `GenerationMixin._sample` in transformers' `generation/utils.py` (gpt-fast's
+`prefill` / `decode_one_token` loop, with transformers' processors and stopping).
+
+Axes: b rows, t prompt positions, s tokens so far, v vocabulary.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from minigpt.kv_cache import KVCache
-
-from .generation import (ALTERNATIVES, DecoderModel, Generation, Rules, check_callback, check_record_options, prefill,
-                         real_prompt_tokens, summarize)
+from .generation import DecoderModel, Generation, check_callback, prefill, real_prompt_tokens
+from .options import DecodingOptions, Rules
+from .records import Recorder
 
 # Whether every row has stopped is read back to the host every this many steps: a read waits for
 # the device, so reading every step would stall a GPU between steps. The steps run after the last
@@ -27,109 +27,61 @@ from .generation import (ALTERNATIVES, DecoderModel, Generation, Rules, check_ca
 STOP_CHECK_EVERY = 8
 
 
-class Step(Protocol):
-    cache: KVCache  # filled by `start`; it holds every token so far, and which of them are real
+class Stops:
+    """Which rows have stopped (b): at an EOS, or when the processors left them no token at all
+    (n-gram blocking over a small vocabulary, say). A stopped row holds the pad token from then on."""
 
-    def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
-        """The prompt (b t), its real-token mask -> the logits (b v) that follow it."""
+    def __init__(self, rules: Rules, rows: int, device: torch.device):
+        self.rules, self.stopped = rules, torch.zeros(rows, dtype=torch.bool, device=device)
+        self.eos = torch.tensor(rules.eos_ids, dtype=torch.long, device=device)
 
-    def choose(self, processed: Tensor) -> Tensor:
-        """Processed logits (b v) -> one token per row (b)."""
+    def hold(self, processed: Tensor, chosen: Tensor) -> Tensor:
+        """The chosen tokens (b), the pad token where a row has stopped or has nothing left to choose."""
+        self.stopped = self.stopped | ~(processed > float("-inf")).any(dim=-1)  # every token banned (or NaN)
+        return chosen.masked_fill(self.stopped, self.rules.pad_token_id)
 
-    def advance(self, tokens: Tensor) -> Tensor:
-        """The tokens just chosen (b) -> the logits (b v) that follow them."""
+    @property
+    def alive(self) -> Tensor:
+        return ~self.stopped
+
+    def all_stopped(self, chosen: Tensor, new: int) -> bool:
+        """After a step: rows that chose an EOS stop; every STOP_CHECK_EVERY steps, have all?"""
+        if self.rules.eos_ids:
+            self.stopped = self.stopped | torch.isin(chosen, self.eos)
+        return (new + 1) % STOP_CHECK_EVERY == 0 and bool(self.stopped.all())
 
 
-class FeedBack:
-    """The usual step: pick from the processed distribution, then run the chosen token through the
-    model, its keys and values going into the cache."""
-
-    def __init__(self, model, pick: Callable[[Tensor], Tensor]):
-        self.model, self.pick = model, pick
-
-    def start(self, input_ids: Tensor, real: Tensor, max_length: int) -> Tensor:
-        self.cache = self.model.new_cache(input_ids.shape[0], max_length)
-        return prefill(self.model, input_ids, real, self.cache)
-
-    def choose(self, processed: Tensor) -> Tensor:
-        return self.pick(processed)
-
-    def advance(self, tokens: Tensor) -> Tensor:
-        return self.model.next_logits(tokens, self.cache)
+def start(model: DecoderModel, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int,
+          on_token: Callable | None, options: DecodingOptions, rules: Rules) -> tuple[Tensor, Stops, Recorder]:
+    """What every one-token-a-step loop checks and sets up: the prompt's real tokens (b t), the
+    stops, the recorder."""
+    prompt_real = real_prompt_tokens(model, input_ids, attention_mask, max_new_tokens)
+    check_callback("on_token", on_token)
+    return (prompt_real, Stops(rules, input_ids.shape[0], input_ids.device),
+            Recorder(options.alternatives, options.keep_logprobs, model.config.vocab_size))
 
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
-def token_loop(
-    model: DecoderModel,
-    input_ids: Tensor,
-    *,
-    step: Step,
-    rules: Rules,
-    max_new_tokens: int,
-    attention_mask: Tensor | None,
-    on_token: Callable[[Tensor], None] | None = None,
-    alternatives: int = ALTERNATIVES,
-    keep_logprobs: bool = False,
-) -> Generation:
-    """on_token: sees each step's tokens (b), for streaming (after every row has stopped, it may
-    see up to STOP_CHECK_EVERY - 1 more steps of padding). alternatives: how many of the likeliest
-    tokens each step remembers. keep_logprobs: also keep each step's whole processed log-probability row."""
-    prompt_real = real_prompt_tokens(model, input_ids, attention_mask, max_new_tokens)  # (b t)
-    check_callback("on_token", on_token)
-    check_record_options(model, alternatives, keep_logprobs)
-    eos = torch.tensor(rules.eos_ids, dtype=torch.long, device=input_ids.device)
-    b, prompt_length = input_ids.shape
+def token_loop(model: DecoderModel, input_ids: Tensor, *, pick: Callable[[Tensor], Tensor], options: DecodingOptions,
+               rules: Rules, max_new_tokens: int, attention_mask: Tensor | None,
+               on_token: Callable[[Tensor], None] | None) -> Generation:
+    """pick: processed logits (b v) -> one token per row (b). on_token: sees each step's tokens (b),
+    for streaming (after every row has stopped, up to STOP_CHECK_EVERY - 1 more steps of padding)."""
+    prompt_real, stops, recorder = start(model, input_ids, attention_mask, max_new_tokens, on_token, options, rules)
     tokens = input_ids  # (b s)
-    stopped = torch.zeros(b, dtype=torch.bool, device=input_ids.device)  # (b): a row that chose an EOS
-    records: list[dict[str, Tensor]] = []  # what each step records, by Generation's field names
     if max_new_tokens:
-        logits = step.start(input_ids, prompt_real, prompt_length + max_new_tokens)
+        cache = model.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+        logits = prefill(model, input_ids, prompt_real, cache)  # (b v)
     for new in range(max_new_tokens):
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
-        real = step.cache.real[:, : tokens.shape[1]]  # (b s): the cache knows which tokens so far are padding
-        processed = rules.processors(logits, tokens, real, new)
-        chosen = step.choose(processed)  # (b)
-        if rules.eos_ids:
-            chosen = chosen.masked_fill(stopped, rules.pad_token_id)
-        processed_logprobs = processed.log_softmax(dim=-1)
-        logprobs = processed_logprobs if processed is logits else logits.log_softmax(dim=-1)  # no processor: the same
-        entropy, alternative_ids, alternative_probs = summarize(processed_logprobs, alternatives)
-        records.append({
-            "scores": processed_logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(stopped, 0.0),
-            "token_logprobs": logprobs.gather(1, chosen[:, None])[:, 0].masked_fill(stopped, 0.0),
-            "alive": ~stopped, "entropy": entropy,
-            "alternatives": alternative_ids, "alternative_probs": alternative_probs,
-        } | ({"step_logprobs": processed_logprobs} if keep_logprobs else {}))
+        processed = rules.processors(logits, tokens, cache.real[:, : tokens.shape[1]], new)  # the cache knows the padding
+        chosen = stops.hold(processed, pick(processed))  # (b)
+        recorder.step(logits, processed, chosen, stops.alive)
         tokens = torch.cat([tokens, chosen[:, None]], dim=1)
         if on_token is not None:
             on_token(chosen)
-        if rules.eos_ids:
-            stopped = stopped | torch.isin(chosen, eos)
-            if (new + 1) % STOP_CHECK_EVERY == 0 and bool(stopped.all()):
-                break
+        if stops.all_stopped(chosen, new):
+            break
         if new + 1 < max_new_tokens:
-            logits = step.advance(chosen)
-    return _assemble(tokens, prompt_real, records, alternatives, keep_logprobs, model.config.vocab_size)
-
-
-def _assemble(tokens: Tensor, prompt_real: Tensor, records: list[dict[str, Tensor]],
-              alternatives: int, keep_logprobs: bool, vocab_size: int) -> Generation:
-    """Stack the steps' records into a Generation: (b) per step -> (b new), (b a) -> (b new a).
-    prompt_real (b t): which prompt positions are real."""
-    prompt_length = prompt_real.shape[1]
-    if not records:  # max_new_tokens=0: the prompt alone
-        b, device = tokens.shape[0], tokens.device
-        empty = {"scores": torch.zeros(b, 0, device=device), "alive": torch.zeros(b, 0, dtype=torch.bool, device=device),
-                 "alternatives": torch.zeros(b, 0, alternatives, dtype=torch.long, device=device),
-                 "alternative_probs": torch.zeros(b, 0, alternatives, device=device)}
-        empty |= {"token_logprobs": empty["scores"], "entropy": empty["scores"]}
-        stacked = empty | ({"step_logprobs": torch.zeros(b, 0, vocab_size, device=device)} if keep_logprobs else {})
-    else:
-        stacked = {name: torch.stack([record[name] for record in records], dim=1) for name in records[0]}
-        # the steps after every row stopped (run until the next stop check) are dropped
-        steps = int(stacked["alive"].any(dim=0).sum())
-        stacked = {name: value[:, :steps] for name, value in stacked.items()}
-        tokens = tokens[:, : prompt_length + steps]
-    alive = stacked.pop("alive")
-    return Generation(sequences=tokens, prompt_length=prompt_length, attention_mask=torch.cat([prompt_real, alive], dim=1).long(),
-                      **stacked)
+            logits = model.next_logits(chosen, cache)
+    return recorder.generation(tokens, prompt_real)

@@ -25,7 +25,7 @@ from typing import Callable, NoReturn
 import torch
 
 import decoders
-from decoders.generation import eos_ids
+from decoders import DecodingOptions
 from minigpt import GPT, GPTConfig, Tokenizer
 from minigpt.fast import WEIGHT_FORMATS, optimize
 from minigpt.checks import check_device
@@ -227,41 +227,43 @@ def eos_token_id(args: argparse.Namespace, directory: Path, model: GPT) -> int |
             raise ValueError(f"--eos-token-id must be a token id or 'none', got {args.eos_token_id!r}") from None
     eos = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("eos_token_id")
     try:
-        eos_ids(eos, model.config.vocab_size)
+        DecodingOptions(eos_token_id=eos).rules(model.config.vocab_size)
     except ValueError:
         raise ValueError(f"--eos-token-id: the checkpoint's config names EOS {eos!r}, which is not a token of its "
                          f"vocabulary [0, {model.config.vocab_size}); pass --eos-token-id ID, or 'none'") from None
     return eos
 
 
-def shared_options(args: argparse.Namespace, eos: int | list[int] | None) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos, min_new_tokens=args.min_new_tokens,
-                no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
+def shared_options(args: argparse.Namespace, eos: int | list[int] | None) -> DecodingOptions:
+    """The options every decoder shares, built (and checked) once."""
+    return DecodingOptions(eos_token_id=eos, min_new_tokens=args.min_new_tokens,
+                           no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
 
 
 def early_stopping(value: str) -> bool | str:
     return {"true": True, "false": False, "never": "never"}[value]
 
 
-def run_decoder(name: str, args: argparse.Namespace, model: GPT, ids: torch.Tensor, options: dict, **extra):
+def run_decoder(name: str, args: argparse.Namespace, model: GPT, ids: torch.Tensor, options: DecodingOptions, **extra):
     """The decoder the scripts call `name` (greedy, beam, diverse, sample, contrastive) with the
     options the arguments give; `extra` (on_token, say) goes to the decoder too."""
+    common = dict(max_new_tokens=args.max_new_tokens, options=options, **extra)
     beams = dict(num_beams=args.num_beams, length_penalty=args.length_penalty,
                  early_stopping=early_stopping(args.early_stopping), num_return_sequences=args.num_return_sequences)
     if name == "greedy":
-        return decoders.greedy(model, ids, **options, **extra)
+        return decoders.greedy(model, ids, **common)
     if name == "beam":
-        return decoders.beam_search(model, ids, **beams, **options, **extra)
+        return decoders.beam_search(model, ids, **beams, **common)
     if name == "diverse":
         return decoders.diverse_beam_search(model, ids, num_beam_groups=args.num_beam_groups,
-                                            diversity_penalty=args.diversity_penalty, **beams, **options, **extra)
+                                            diversity_penalty=args.diversity_penalty, **beams, **common)
     if name == "contrastive":
         return decoders.contrastive_search(model, ids, penalty_alpha=args.penalty_alpha,
-                                           top_k=4 if args.top_k is None else args.top_k, **options, **extra)
+                                           top_k=4 if args.top_k is None else args.top_k, **common)
     sampling = dict(temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p, min_p=args.min_p,
                     typical_p=args.typical_p, num_return_sequences=args.num_return_sequences,
                     generator=torch.Generator(device=args.device).manual_seed(args.seed))
-    return decoders.sample(model, ids, **(sampling | extra), **options)
+    return decoders.sample(model, ids, **(sampling | common))
 
 
 DECODER_NAMES = ["greedy", "beam", "diverse", "sample", "contrastive"]

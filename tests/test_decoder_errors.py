@@ -122,7 +122,7 @@ def test_any_mask_value_but_0_and_1_is_refused(decoder, value):
     (lambda m: decoders.diverse_beam_search(m, PROMPT, num_beams=2, num_beam_groups=3, diversity_penalty=1.0,
                                             max_new_tokens=3), r"num_beam_groups must be in \[1, 2\], got 3"),
     (lambda m: decoders.diverse_beam_search(m, PROMPT, num_beams=4, num_beam_groups=2, diversity_penalty=-0.5,
-                                            max_new_tokens=3), r"diversity_penalty must be in \[0, inf\), got -0.5"),
+                                            max_new_tokens=3), r"diversity_penalty must be in \[0, 10000\], got -0.5"),
     (lambda m: decoders.diverse_beam_search(m, PROMPT, num_beams=4, num_beam_groups=2, diversity_penalty=math.nan,
                                             max_new_tokens=3), "diversity_penalty must be finite"),
     (lambda m: decoders.contrastive_search(m, PROMPT, penalty_alpha=1.5, top_k=4, max_new_tokens=3),
