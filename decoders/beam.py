@@ -150,7 +150,7 @@ def still_improvable(pool: Hypotheses, best_score: Tensor, improvable: Tensor, e
 # ---- beam search ------------------------------------------------------------------------------
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
-def beam_search(model: DecoderModel, input_ids: Tensor, *, num_beams: int, max_new_tokens: int,
+def beam_search(model: DecoderModel, input_ids: Tensor, *, num_beams: int, max_new_tokens: int | None = None,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, num_return_sequences: int = 1,
                 keep_tree: bool = False, attention_mask: Tensor | None = None, options: DecodingOptions | None = None,
                 **shared) -> Generation:
@@ -167,7 +167,7 @@ def beam_search(model: DecoderModel, input_ids: Tensor, *, num_beams: int, max_n
     search = BeamSearch(model, input_ids, attention_mask=attention_mask, num_beams=num_beams, groups=1,
                         num_return_sequences=num_return_sequences, max_new_tokens=max_new_tokens,
                         length_penalty=length_penalty, early_stopping=early_stopping, keep_tree=keep_tree,
-                        options=decoding_options("beam_search", options, shared, own=BEAM_OPTIONS),
+                        options=decoding_options("beam_search", max_new_tokens, options, shared, own=BEAM_OPTIONS),
                         conventions=TRANSFORMERS_5)
     (running,), (pool,), (improvable,) = search.start()
     logits, cache = search.prefill()  # cache rows (b k), in the order of running's
@@ -268,14 +268,15 @@ class BeamSearch:
         self.recorder.step(g, logprobs, processed, parent, token, v)
         candidates = extend(running, parent, token, scores, step, self.prompt_length, g * self.candidates)
         last = step == self.max_new_tokens - 1
-        ends = torch.ones_like(token, dtype=torch.bool) if last and self.conventions.last_step_ends else torch.isin(token, self.eos)
+        every = last and self.conventions.last_step_ends
+        ends = torch.ones_like(token, dtype=torch.bool) if every else torch.isin(token, self.eos)  # (b c)
         pool, joined = update_finished(pool, candidates, ends, k, step, self.length_penalty, ~improvable)  # 3.
         running, chosen = next_beams(candidates, ends, k)  # 4.
         self.recorder.fates(g, k, token, scores, joined, chosen)
         best = scores[:, :1] if self.conventions.judge_by_candidate else running.score[:, :1]
         improvable = still_improvable(pool, best, improvable, self.early_stopping, self.length_penalty,  # 5.
                                       step + 1, self.max_new_tokens)
-        if last and not self.conventions.last_step_ends:  # 4.55.4's finalize: every running beam of a group not done joins
+        if last and not self.conventions.last_step_ends:  # 4.55.4's finalize: a group's running beams join
             pool, _ = update_finished(pool, running, torch.ones_like(running.finished), k, step, self.length_penalty,
                                       ~improvable)
         return running, pool, improvable, parent.gather(1, chosen)
@@ -293,6 +294,10 @@ class BeamSearch:
         """The best num_return_sequences of each prompt's pool (best first), as a Generation of (b r) rows."""
         b, count = self.prompts, self.num_return_sequences
         best = pool.take(torch.topk(pool.final_score, count).indices)
+        # a slot no hypothesis finished in (every continuation banned) is returned empty, scored -inf
+        best.length = torch.where(best.finished, best.length, 0)
+        best.tokens[:, :, self.prompt_length:] = best.tokens[:, :, self.prompt_length:].masked_fill(
+            ~best.finished[:, :, None], self.rules.pad_token_id)
         width = int(best.length.max())
         paths = best.path[:, :, :width]
         records = self.recorder.values(paths, best.length)  # (b r width ...)
@@ -308,7 +313,7 @@ class BeamSearch:
             scores=rows(records["scores"]), token_logprobs=rows(records["token_logprobs"]),
             entropy=rows(records["entropy"]), alternatives=rows(records["alternatives"]),
             alternative_probs=rows(records["alternative_probs"]),
-            sequence_scores=rows(torch.where(best.finished, best.final_score, float("-inf"))),  # -inf: no hypothesis
+            sequence_scores=rows(torch.where(best.finished, best.final_score, float("-inf"))),
             step_logprobs=rows(records["step_logprobs"]) if "step_logprobs" in records else None,
             tree=self.recorder.tree, paths=rows(paths) if self.recorder.tree is not None else None,
         )

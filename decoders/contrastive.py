@@ -30,12 +30,13 @@ from minigpt.kv_cache import KVCache
 
 from .generation import DecoderModel, Generation, check_model
 from .options import DecodingOptions, decoding_options
-from .token_loop import start
+from .token_loop import Written
 
 
 @torch.no_grad()
-def contrastive_search(model: DecoderModel, input_ids: Tensor, *, penalty_alpha: float, top_k: int, max_new_tokens: int,
-                       attention_mask: Tensor | None = None, on_token: Callable[[Tensor], None] | None = None,
+def contrastive_search(model: DecoderModel, input_ids: Tensor, *, penalty_alpha: float, top_k: int,
+                       max_new_tokens: int | None = None, attention_mask: Tensor | None = None,
+                       on_token: Callable[[Tensor], None] | None = None,
                        options: DecodingOptions | None = None, **shared) -> Generation:
     """Extend each prompt row by up to max_new_tokens tokens chosen by contrastive search.
 
@@ -46,33 +47,29 @@ def contrastive_search(model: DecoderModel, input_ids: Tensor, *, penalty_alpha:
     banned is never chosen; a row with none left stops. Padding and stopping as in greedy.
     """
     check_model(model)
-    options = decoding_options("contrastive_search", options, shared, own=["penalty_alpha", "top_k", "on_token"])
+    options = decoding_options("contrastive_search", max_new_tokens, options, shared,
+                               own=["penalty_alpha", "top_k", "on_token"])
     rules = options.rules(model.config.vocab_size)
     check_float("penalty_alpha", penalty_alpha, 0.0, 1.0)
     check_int("top_k", top_k, 1, model.config.vocab_size)
-    prompt_real, stops, recorder = start(model, input_ids, attention_mask, max_new_tokens, on_token, options, rules)
-    tokens = input_ids  # (b s)
+    written = Written(model, input_ids, attention_mask, max_new_tokens, on_token, options, rules)
     if max_new_tokens:
         cache = model.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
-        context = model.transform(input_ids, prompt_real, cache)  # (b s e): every position's last hidden state
+        context = model.transform(input_ids, written.prompt_real, cache)  # (b s e): every position's last hidden state
         logits = model.head(context[:, -1:])[:, -1]  # (b v)
     for new in range(max_new_tokens):
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
-        processed = rules.processors(logits, tokens, cache.real[:, : tokens.shape[1]], new)
+        processed = rules.processors(logits, written.tokens, cache.real[:, : written.tokens.shape[1]], new)
         probs, candidates = top_candidates(processed, top_k)  # (b c)
         hidden, ahead = look_ahead(model, cache, candidates)  # (b c e), and the cache with each candidate in it
         banned = processed.gather(1, candidates) == float("-inf")  # fewer than top_k tokens were left
         best = choose(probs, banned, hidden, context, cache.real, penalty_alpha)  # (b)
-        cache, context, next_logits = keep(model, ahead, hidden, context, best)
-        chosen = stops.hold(processed, candidates.gather(1, best[:, None])[:, 0])
-        recorder.step(logits, processed, chosen, stops.alive)
-        tokens = torch.cat([tokens, chosen[:, None]], dim=1)
-        if on_token is not None:
-            on_token(chosen)
-        if stops.all_stopped(chosen, new):
+        cache, context, logits_after = keep(model, ahead, hidden, context, best)
+        _, done = written.add(new, logits, processed, candidates.gather(1, best[:, None])[:, 0])
+        if done:
             break
-        logits = next_logits
-    return recorder.generation(tokens, prompt_real)
+        logits = logits_after
+    return written.generation()
 
 
 def top_candidates(processed: Tensor, count: int) -> tuple[Tensor, Tensor]:

@@ -34,7 +34,7 @@ DIVERSITY_RANGE = (0.0, 1e4)
 
 @torch.no_grad()
 def diverse_beam_search(model: DecoderModel, input_ids: Tensor, *, num_beams: int, num_beam_groups: int,
-                        diversity_penalty: float, max_new_tokens: int, length_penalty: float = 1.0,
+                        diversity_penalty: float, max_new_tokens: int | None = None, length_penalty: float = 1.0,
                         early_stopping: bool | str = False, num_return_sequences: int = 1, keep_tree: bool = False,
                         attention_mask: Tensor | None = None, options: DecodingOptions | None = None,
                         **shared) -> Generation:
@@ -46,7 +46,7 @@ def diverse_beam_search(model: DecoderModel, input_ids: Tensor, *, num_beams: in
     Other options as in `beam_search`.
     """
     check_model(model)
-    options = decoding_options("diverse_beam_search", options, shared,
+    options = decoding_options("diverse_beam_search", max_new_tokens, options, shared,
                                own=[*BEAM_OPTIONS, "num_beam_groups", "diversity_penalty"])
     check_int("num_beams", num_beams, 1)
     check_int("num_beam_groups", num_beam_groups, 1, num_beams)
@@ -72,11 +72,12 @@ def diverse_beam_search(model: DecoderModel, input_ids: Tensor, *, num_beams: in
             done_before = ~improvable[g]  # a group done at an earlier step offers only padding to the next groups
             penalise = None if not chosen_so_far else (lambda logprobs, earlier=torch.cat(chosen_so_far, dim=1):
                 hamming_diversity(logprobs.view(b, k, v), earlier, diversity_penalty).flatten(0, 1))
+            logits_g, real_g = by_group[:, g].reshape(b * k, v), real[:, g].flatten(0, 1)  # ((b k) ...)
             running[g], pools[g], improvable[g], continued = search.group_step(
-                g, by_group[:, g].reshape(b * k, v), running[g], pools[g], improvable[g], real[:, g].flatten(0, 1), step,
-                before=penalise)
+                g, logits_g, running[g], pools[g], improvable[g], real_g, step, before=penalise)
             rows.append(continued)
-            chosen_so_far.append(torch.where(done_before, search.rules.pad_token_id, running[g].tokens[:, :, at + step]))
+            just_chosen = running[g].tokens[:, :, at + step]  # (b k)
+            chosen_so_far.append(torch.where(done_before, search.rules.pad_token_id, just_chosen))
         cache.reorder(search.cache_rows(rows))
         if not any(bool(i.any()) for i in improvable) or step == max_new_tokens - 1:
             break

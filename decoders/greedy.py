@@ -11,9 +11,9 @@ from .options import DecodingOptions, decoding_options
 from .token_loop import token_loop
 
 
-def greedy(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int, attention_mask: Tensor | None = None,
-           on_token: Callable[[Tensor], None] | None = None, options: DecodingOptions | None = None,
-           **shared) -> Generation:
+def greedy(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int | None = None,
+           attention_mask: Tensor | None = None, on_token: Callable[[Tensor], None] | None = None,
+           options: DecodingOptions | None = None, **shared) -> Generation:
     """Extend each prompt row (b t) by up to max_new_tokens argmax tokens.
 
     Equals `transformers` `generate(do_sample=False, num_beams=1)` with the same options. Prompts of
@@ -24,7 +24,7 @@ def greedy(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int, atten
     decoding stops when every row has stopped.
     """
     check_model(model)
-    options = decoding_options("greedy", options, shared, own=["on_token"])
+    options = decoding_options("greedy", max_new_tokens, options, shared, own=["on_token"])
     return token_loop(model, input_ids, pick=lambda logits: logits.argmax(dim=-1), options=options,
                       rules=options.rules(model.config.vocab_size), max_new_tokens=max_new_tokens,
                       attention_mask=attention_mask, on_token=on_token)

@@ -68,12 +68,14 @@ class DecodingOptions:
         decoder's own (sampling's), run after the shared ones."""
         eos = self.eos_ids
         for i, e in enumerate(eos):
-            check_token_id("eos_token_id" if isinstance(self.eos_token_id, int) else f"eos_token_id[{i}]", e, vocab_size)
+            name = "eos_token_id" if isinstance(self.eos_token_id, int) else f"eos_token_id[{i}]"
+            check_token_id(name, e, vocab_size)
         if self.pad_token_id is not None:
             check_token_id("pad_token_id", self.pad_token_id, vocab_size)
         check_int("alternatives", self.alternatives, 0, vocab_size)
-        steps = processors.shared(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
-                                  min_new_tokens=self.min_new_tokens, eos_ids=eos)
+        steps = processors.shared(repetition_penalty=self.repetition_penalty,
+                                  no_repeat_ngram_size=self.no_repeat_ngram_size, min_new_tokens=self.min_new_tokens,
+                                  eos_ids=eos)
         pad = self.pad_token_id if self.pad_token_id is not None else eos[0] if eos else 0
         return Rules(eos_ids=eos, pad_token_id=pad, processors=processors.chain([*steps, *then]))
 
@@ -128,9 +130,11 @@ HABITS = {
 }
 
 
-def decoding_options(decoder: str, options: DecodingOptions | None, keywords: dict, own: Sequence[str] = ()) -> DecodingOptions:
+def decoding_options(decoder: str, max_new_tokens: object, options: DecodingOptions | None, keywords: dict,
+                     own: Sequence[str] = ()) -> DecodingOptions:
     """The DecodingOptions a decoder called `decoder` runs with: `options`, or built from the shared
-    keywords; `own` names the decoder's own options (for the message when a keyword is unknown)."""
+    keywords; `own` names the decoder's own options (for the message when a keyword is unknown).
+    max_new_tokens is required; it defaults to None only so that `max_length=` gets its word first."""
     unknown = [name for name in keywords if name not in SHARED]
     if unknown:
         name = unknown[0]
@@ -138,6 +142,8 @@ def decoding_options(decoder: str, options: DecodingOptions | None, keywords: di
             raise ValueError(f"{decoder} takes no {name}: in minigpt write {HABITS[name].format(decoder=decoder)}")
         allowed = ", ".join(["max_new_tokens", "attention_mask", *own, *SHARED, "options"])
         raise ValueError(f"{decoder} takes no option {name!r}; its options are {allowed}")
+    if max_new_tokens is None:
+        raise ValueError(f"max_new_tokens must be an integer, got None: {decoder} needs how many tokens to add")
     if options is None:
         return DecodingOptions(**keywords)
     if not isinstance(options, DecodingOptions):

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minigpt.checks import check_float, check_int
+from minigpt.checks import check_fits_in_memory, check_float, check_int
 
 from . import processors
 from .generation import DecoderModel, Generation, check_model, repeat_rows
@@ -15,8 +15,8 @@ from .options import SCALE_RANGE, DecodingOptions, decoding_options
 from .token_loop import token_loop
 
 
-def sample(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, min_p: float = 0.0, typical_p: float = 1.0, num_return_sequences: int = 1,
+def sample(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int | None = None, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, typical_p: float = 1.0, num_return_sequences: int = 1,
            generator: torch.Generator | None = None, attention_mask: Tensor | None = None,
            on_token: Callable[[Tensor], None] | None = None, options: DecodingOptions | None = None,
            **shared) -> Generation:
@@ -34,8 +34,9 @@ def sample(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int, tempe
     The shared options, padding and stopping are as in `greedy`.
     """
     check_model(model)
-    options = decoding_options("sample", options, shared, own=["temperature", "top_k", "top_p", "min_p", "typical_p",
-                                                               "num_return_sequences", "generator", "on_token"])
+    options = decoding_options("sample", max_new_tokens, options, shared,
+                               own=["temperature", "top_k", "top_p", "min_p", "typical_p", "num_return_sequences",
+                                    "generator", "on_token"])
     check_float("temperature", temperature, 0.0, SCALE_RANGE[1])
     if 0 < temperature < SCALE_RANGE[0]:
         raise ValueError(f"temperature must be 0 (greedy) or in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {temperature:g}")
@@ -58,6 +59,9 @@ def sample(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int, tempe
         # a row whose every token is banned has no distribution (NaN); it stops, whatever is drawn for it
         return torch.multinomial(logits.softmax(dim=-1).nan_to_num(1.0), num_samples=1, generator=generator)[:, 0]
 
+    if isinstance(input_ids, Tensor) and input_ids.dim() == 2:  # the repeated prompt is made before the loop checks
+        check_fits_in_memory(input_ids.numel() * num_return_sequences * 16, f"{num_return_sequences} sequences of "
+                             f"each of {input_ids.shape[0]} prompts", input_ids.device)
     if num_return_sequences > 1:  # each prompt row r times in a row: (b t) -> ((b r) t)
         input_ids = repeat_rows(input_ids, num_return_sequences, "input_ids")
         attention_mask = None if attention_mask is None else repeat_rows(attention_mask, num_return_sequences,

@@ -17,6 +17,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from minigpt.checks import check_fits_in_memory
+from minigpt.kv_cache import KVCache
+
 from .generation import DecoderModel, Generation, check_callback, prefill, real_prompt_tokens
 from .options import DecodingOptions, Rules
 from .records import Recorder
@@ -51,14 +54,36 @@ class Stops:
         return (new + 1) % STOP_CHECK_EVERY == 0 and bool(self.stopped.all())
 
 
-def start(model: DecoderModel, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int,
-          on_token: Callable | None, options: DecodingOptions, rules: Rules) -> tuple[Tensor, Stops, Recorder]:
-    """What every one-token-a-step loop checks and sets up: the prompt's real tokens (b t), the
-    stops, the recorder."""
-    prompt_real = real_prompt_tokens(model, input_ids, attention_mask, max_new_tokens)
-    check_callback("on_token", on_token)
-    return (prompt_real, Stops(rules, input_ids.shape[0], input_ids.device),
-            Recorder(options.alternatives, options.keep_logprobs, model.config.vocab_size))
+class Written:
+    """What a one-token-a-step loop has written so far: the tokens (b s), which rows have stopped,
+    and the records. Made once per call, it checks the prompt and the sizes first."""
+
+    def __init__(self, model: DecoderModel, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int,
+                 on_token: Callable[[Tensor], None] | None, options: DecodingOptions, rules: Rules):
+        self.prompt_real = real_prompt_tokens(model, input_ids, attention_mask, max_new_tokens)  # (b t)
+        check_callback("on_token", on_token)
+        b, v = input_ids.shape[0], model.config.vocab_size
+        # kept per row and step: three numbers, the alternatives (id and probability), and with
+        # keep_logprobs the whole row; checked with the KV cache before either is allocated
+        kept = b * max_new_tokens * (12 + options.alternatives * 12 + (v * 4 if options.keep_logprobs else 0))
+        check_fits_in_memory(kept + KVCache.bytes_for(model, b, input_ids.shape[1] + max_new_tokens),
+                             f"{max_new_tokens} steps of {b} rows with their records", input_ids.device)
+        self.tokens, self.on_token = input_ids, on_token
+        self.stops = Stops(rules, b, input_ids.device)
+        self.recorder = Recorder(options.alternatives, options.keep_logprobs, v)
+
+    def add(self, new: int, logits: Tensor, processed: Tensor, chosen: Tensor) -> tuple[Tensor, bool]:
+        """Step `new` chose these tokens (b) from processed (b v): pad where a row has stopped, record,
+        stream. Returns the tokens as written and whether it is time to stop."""
+        chosen = self.stops.hold(processed, chosen)
+        self.recorder.step(logits, processed, chosen, self.stops.alive)
+        self.tokens = torch.cat([self.tokens, chosen[:, None]], dim=1)
+        if self.on_token is not None:
+            self.on_token(chosen)
+        return chosen, self.stops.all_stopped(chosen, new)
+
+    def generation(self) -> Generation:
+        return self.recorder.generation(self.tokens, self.prompt_real)
 
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed sequence_logprob with gradients
@@ -67,21 +92,17 @@ def token_loop(model: DecoderModel, input_ids: Tensor, *, pick: Callable[[Tensor
                on_token: Callable[[Tensor], None] | None) -> Generation:
     """pick: processed logits (b v) -> one token per row (b). on_token: sees each step's tokens (b),
     for streaming (after every row has stopped, up to STOP_CHECK_EVERY - 1 more steps of padding)."""
-    prompt_real, stops, recorder = start(model, input_ids, attention_mask, max_new_tokens, on_token, options, rules)
-    tokens = input_ids  # (b s)
+    written = Written(model, input_ids, attention_mask, max_new_tokens, on_token, options, rules)
     if max_new_tokens:
         cache = model.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
-        logits = prefill(model, input_ids, prompt_real, cache)  # (b v)
+        logits = prefill(model, input_ids, written.prompt_real, cache)  # (b v)
     for new in range(max_new_tokens):
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
-        processed = rules.processors(logits, tokens, cache.real[:, : tokens.shape[1]], new)  # the cache knows the padding
-        chosen = stops.hold(processed, pick(processed))  # (b)
-        recorder.step(logits, processed, chosen, stops.alive)
-        tokens = torch.cat([tokens, chosen[:, None]], dim=1)
-        if on_token is not None:
-            on_token(chosen)
-        if stops.all_stopped(chosen, new):
+        real = cache.real[:, : written.tokens.shape[1]]  # (b s): the cache knows which tokens are padding
+        processed = rules.processors(logits, written.tokens, real, new)
+        chosen, done = written.add(new, logits, processed, pick(processed))
+        if done:
             break
         if new + 1 < max_new_tokens:
             logits = model.next_logits(chosen, cache)
-    return recorder.generation(tokens, prompt_real)
+    return written.generation()

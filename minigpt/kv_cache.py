@@ -59,6 +59,12 @@ class KVCache:
         check_int("max_length", max_length, 1, config.n_positions)  # more positions than the model has embeddings for
         return cls(config.n_layer, batch, config.n_head, config.head_dim, max_length, device=model.device, dtype=model.dtype)
 
+    @staticmethod
+    def bytes_for(model: torch.nn.Module, batch: int, max_length: int) -> int:
+        """What `for_model(model, batch, max_length)` would allocate, without allocating it."""
+        config = model.config
+        return 2 * config.n_layer * batch * config.n_embd * max_length * model.dtype.itemsize + batch * max_length
+
     @property
     def batch(self) -> int:
         return self.keys.shape[1]
