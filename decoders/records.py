@@ -117,7 +117,8 @@ class BeamRecorder:
             self.per_candidate.append([])
         b = parent.shape[0]
         summary = distribution(processed.log_softmax(dim=-1), self.alternatives, self.keep_logprobs)
-        self.per_beam[-1].append({name: value.view(b, -1, *value.shape[1:]) for name, value in summary.items()})
+        self.per_beam[-1].append({name: value.view(b, value.shape[0] // b, *value.shape[1:])  # ((b k) ...) -> (b k ...)
+                                  for name, value in summary.items()})
         place = parent * vocab + token  # the candidates' places in the flattened (k v) row
         self.per_candidate[-1].append({"scores": processed.view(b, -1).gather(1, place),
                                        "token_logprobs": logprobs.view(b, -1).gather(1, place), "parent": parent})

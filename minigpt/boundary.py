@@ -52,8 +52,10 @@ def check_inputs(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = 
     if cache is not None and past + t > cache.max_length:
         raise ValueError(f"KVCache is full: it holds {past} of max_length={cache.max_length} positions "
                          f"and cannot take {t} more")
-    if head_mask is not None:
-        check_finite_tensor("head_mask", head_mask, (config.n_layer, config.n_head))
+    if head_mask is not None:  # one gate per head, or one per row and head (per-example importance)
+        shape = (b, config.n_layer, config.n_head) if isinstance(head_mask, Tensor) and head_mask.dim() == 3 else (
+            config.n_layer, config.n_head)
+        check_finite_tensor("head_mask", head_mask, shape)
     if attention_mask is None:  # every new token is real; with a cache, the cached padding stays as it was
         return torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
     real = check_mask("attention_mask", attention_mask, (b, past + t)).to(input_ids.device)

@@ -24,11 +24,12 @@ def kept_heads(model: GPT, layer: int) -> list[int]:
 
 
 def head_gates(model: GPT, head_mask: Tensor | None) -> dict[str, Callable[[Tensor], Tensor]]:
-    """The hooks that apply head_mask (l h): {"blocks.{i}.attn.z": z (b t h d) -> z · gate}."""
+    """The hooks that apply head_mask, (l h) or one per row (b l h): {"blocks.{i}.attn.z": z (b t h d) -> z · gate}."""
     if head_mask is None:
         return {}
+    per_row = head_mask if head_mask.dim() == 3 else head_mask[None]  # (b l h), b = 1 for one mask for all rows
     gates = {}
     for layer in range(model.config.n_layer):
-        gate = rearrange(head_mask[layer, kept_heads(model, layer)], "h -> 1 1 h 1")  # pruned heads' entries dropped
+        gate = rearrange(per_row[:, layer, kept_heads(model, layer)], "b h -> b 1 h 1")  # pruned heads' entries dropped
         gates[f"blocks.{layer}.attn.z"] = lambda z, gate=gate: z * gate.to(z)  # to z's device and dtype
     return gates

@@ -99,7 +99,7 @@ class GPT(nn.Module):
         see: the cached ones, then the new ones. Positions are counted over real tokens only, so a
         left-padded row gets exactly the logits it gets alone. With a cache the mask may be left
         out: the cache remembers its padding, and new tokens are taken as real.
-        head_mask (l h) scales each head's output; 0 removes a head.
+        head_mask (l h) scales each head's output; 0 removes a head. (b l h): a mask for each row.
         """
         real = self.check_inputs(input_ids, attention_mask, cache, head_mask, only_last)
         with self.hooks(head_gates(self, head_mask)):

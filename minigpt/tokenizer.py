@@ -225,7 +225,14 @@ class Tokenizer:
         """Ids -> text. Bytes that are not valid UTF-8 (a token cut mid-character) become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
-    def decode_bytes(self, ids: list[int] | torch.Tensor) -> bytes:
+    def token_strings(self, ids: list[int] | torch.Tensor) -> list[str]:
+        """Each id as the text it stands for, one string per token (what a picture labels its rows
+        with): [' there', ' is'] rather than the vocabulary's stand-in symbols ['Ġthere', 'Ġis'].
+        A token that is part of a multi-byte character shows U+FFFD."""
+        return [self.decode_bytes([i]).decode("utf-8", errors="replace") for i in self._checked_ids(ids)]
+
+    def _checked_ids(self, ids: list[int] | torch.Tensor) -> list[int]:
+        """The ids as a checked list of ints (a 1-D tensor or a list)."""
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
                 raise ValueError(f"decode takes a 1-D tensor of integer ids (one row), got shape "
@@ -236,6 +243,10 @@ class Tokenizer:
         odd = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int)), None)
         if odd is not None:
             raise ValueError(f"decode takes integer token ids, got {type(odd).__name__} {odd!r}")
+        return list(ids)
+
+    def decode_bytes(self, ids: list[int] | torch.Tensor) -> bytes:
+        ids = self._checked_ids(ids)
         unknown = [i for i in ids if i not in self.decoder]
         if unknown:
             raise ValueError(f"token id {unknown[0]} is not in the vocabulary of {len(self.decoder)} tokens")

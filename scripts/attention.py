@@ -4,7 +4,8 @@
     python scripts/attention.py --text "The cat sat on the mat because it was tired."
 
 Prints the entropy table (nats: 0 means a head looks at one token, log n that it spreads evenly
-over n) and writes attention_maps.png and attention_entropy.png to --out-dir.
+over n) and writes attention_maps.png, attention_entropy.png and attention.html (pick a layer and
+a head, hover a cell; opens offline in any browser) to --out-dir.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import sys
 
 import torch
 
-import plots
-from common import (SAMPLE_TEXT, Parser, add_model_arguments, add_output_argument, load_model, output_dir, prompt_ids,
-                    run, table)
+from common import (PICTURES_HINT, SAMPLE_TEXT, Parser, add_model_arguments, add_output_argument, load_model,
+                    output_dir, pictures, prompt_ids, run, save, table)
 from minigpt import analysis
-from minigpt.analysis.pruning import kept_heads
 
 
 def parser() -> Parser:
@@ -43,18 +42,19 @@ def main(args: argparse.Namespace) -> int:
           "0 = looks at one token, higher = spreads out")
     print(table([[str(layer), *(f"{e:.2f}" for e in row)] for layer, row in enumerate(entropy.tolist())],
                 ["layer", *(f"h{head}" for head in range(config.n_head))]))
-    plt = plots.pyplot()
-    if plt is None:
-        print(f"\n{plots.INSTALL_HINT}")
+    views = pictures()
+    if views is None:
+        print(f"\n{PICTURES_HINT}")
         return 0
     out = output_dir(args)
     with torch.no_grad():
         trace = model.trace(ids)
-    heads = [kept_heads(model, layer) for layer in range(config.n_layer)]
-    maps = plots.attention_grid(plt, [pattern[0] for pattern in trace.attentions], heads, config.n_head, labels,
-                                out / "attention_maps.png")
-    heat = plots.heatmap(plt, entropy, "attention entropy per head (nats)", "entropy (nats)", out / "attention_entropy.png")
-    print(f"\nwrote {maps} and {heat}")
+    tokens = tokenizer.token_strings(ids[0])
+    maps = save(views.figures.attention_maps(trace, tokens), out / "attention_maps.png")
+    heat = save(views.figures.head_heatmap(entropy, "attention entropy per head (nats)", "entropy (nats)"),
+                out / "attention_entropy.png")
+    page = save(views.head_view(trace, tokens), out / "attention.html")
+    print(f"\nwrote {maps}, {heat} and {page}")
     return 0
 
 

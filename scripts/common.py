@@ -281,6 +281,31 @@ SAMPLE_TEXT = (
 )
 
 
+PICTURES_HINT = 'pictures need the views extra: .venv/bin/pip install -e ".[views]"'
+
+
+def pictures():
+    """minigpt.views (figures and interactive views), or None when its extra is not installed: the
+    scripts then print their tables only, and say how to get the pictures."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # draw to files; no window, no display needed
+        from minigpt import views
+    except ImportError:
+        return None
+    return views
+
+
+def save(picture, path: Path) -> Path:
+    """A matplotlib figure or an interactive view, written to path; an unwritable path is a user error."""
+    try:
+        picture.savefig(path, dpi=120) if hasattr(picture, "savefig") else picture.save(path)
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: {err.strerror or err}") from None
+    return path
+
+
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="pictures", help="where the PNG files go (default: ./pictures, created if needed)")
 

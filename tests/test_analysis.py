@@ -107,20 +107,61 @@ def test_head_importance_equals_the_gradient_through_transformers_gates(pair):
     finally:
         for handle in handles:
             handle.remove()
-    mine = analysis.head_importance(ours, ids, mask, normalize=False)
+    mine = analysis.head_importance(ours, ids, mask, per_example=False, normalize=False)
     assert ((mine - gradient.abs()).abs() / gradient.abs().clamp(min=1e-12)).max() <= 1e-4
-    normalized = analysis.head_importance(ours, ids, mask)
+    normalized = analysis.head_importance(ours, ids, mask, per_example=False)
     assert torch.allclose(normalized, mine / mine.norm(dim=-1, keepdim=True), atol=1e-6)
     assert torch.allclose(normalized.norm(dim=-1), torch.ones(CONFIG.n_layer), atol=1e-5)  # the paper's per-layer L2
 
 
-def test_importance_over_several_batches_is_the_token_weighted_mean(pair):
+def test_batch_importance_over_several_batches_is_the_token_weighted_mean(pair):
     _, ours = pair
     batches = [padded_batch(5, lengths=(9, 4)), padded_batch(6, lengths=(3,)), (padded_batch(7)[0], None)]
-    each = [analysis.head_importance(ours, ids, mask, normalize=False) for ids, mask in batches]
+    each = [analysis.head_importance(ours, ids, mask, per_example=False, normalize=False) for ids, mask in batches]
     counts = [int(analysis.predicted(ids, mask).sum()) for ids, mask in batches]
     expected = sum(c * i for c, i in zip(counts, each)) / sum(counts)
-    assert torch.allclose(analysis.head_importance(ours, iter(batches), normalize=False), expected, atol=1e-7)
+    assert torch.allclose(analysis.head_importance(ours, iter(batches), per_example=False, normalize=False), expected,
+                          atol=1e-7)
+
+
+def test_importance_per_example_is_the_mean_over_single_examples_however_they_are_batched(pair):
+    """Michel et al.'s E_x |∂L(x)/∂ξ|: equal (1e-5) to a loop over the examples one at a time, each
+    without its padding, and the same whether they come as one padded batch or in several."""
+    _, ours = pair
+    ids, mask = padded_batch(8, lengths=(9, 5, 7, 2, 8))
+    alone = [analysis.head_importance(ours, row[m.bool()][None], normalize=False) for row, m in zip(ids, mask)]
+    expected = torch.stack(alone).mean(dim=0)
+    together = analysis.head_importance(ours, ids, mask, normalize=False)
+    split = analysis.head_importance(ours, [(ids[:2], mask[:2]), (ids[2:], mask[2:])], normalize=False)
+    assert max_abs_diff(together, expected) <= 1e-5 and max_abs_diff(split, expected) <= 1e-5
+    batch_form = analysis.head_importance(ours, ids, mask, per_example=False, normalize=False)
+    assert max_abs_diff(batch_form, expected) > 1e-4  # the batch form is another quantity
+
+
+def test_importance_at_a_head_mask_is_the_gradient_there(pair):
+    _, ours = pair
+    ids, mask = padded_batch(9)
+    head_mask = torch.ones(CONFIG.n_layer, CONFIG.n_head)
+    head_mask[1, 2] = 0.0
+    masked = analysis.head_importance(ours, ids, mask, head_mask=head_mask, normalize=False)
+    rows = []
+    for row, m in zip(ids, mask):  # by hand: each example's gradient at the masked gates
+        gate = head_mask.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(analysis.lm_loss(ours, row[m.bool()][None], head_mask=gate), gate)
+        rows.append(gradient.abs())
+    assert max_abs_diff(masked, torch.stack(rows).mean(dim=0)) <= 1e-5
+
+
+def test_prune_by_importance_follows_its_stop_rules(pair):
+    _, ours = pair
+    batches = [padded_batch(10), padded_batch(11)]
+    curve = analysis.prune_by_importance(copy.deepcopy(ours), batches, fraction=0.25, rounds=20)
+    assert [n for n, _ in curve.points] == [0, 3, 6, 9] and "every layer is down to its last head" in curve.stopped
+    assert all(len(sum(r.values(), [])) == 3 for r in curve.removed)
+    capped = analysis.prune_by_importance(copy.deepcopy(ours), batches, fraction=0.1, rounds=5, max_loss_increase=0.0)
+    assert len(capped.points) <= 6 and (capped.stopped == "5 rounds done" or "loss rose" in capped.stopped)
+    if "loss rose" in capped.stopped:
+        assert capped.points[-1][1] > capped.points[0][1]
 
 
 def test_logit_lens_reads_every_layer_and_ends_at_the_logits(pair):

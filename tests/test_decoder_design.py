@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import decoders
 from decoders.records import DROPPED, FINISHED
-from decoding_models import CONFIG, PAD, frequent_token, models, prompts
+from decoding_models import PAD, frequent_token, models, prompts
 from minigpt import GPT, GPTConfig
 
 

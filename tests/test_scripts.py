@@ -199,11 +199,12 @@ def four_heads(tmp_path_factory):
     return save_gpt2(model, tmp_path_factory.mktemp("four-heads"))
 
 
-def test_attention_prints_the_entropy_table_and_writes_two_pictures(four_heads, tmp_path):
+def test_attention_prints_the_entropy_table_and_writes_two_pictures_and_a_view(four_heads, tmp_path):
     out = run("attention.py", "--weights", str(four_heads), "--text", "The cat sat on the mat.", "--out-dir", str(tmp_path))
     assert "attention entropy (nats)" in out and "layer    h0    h1    h2    h3" in out
     for name in ("attention_maps.png", "attention_entropy.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / name).stat().st_size > 5000
+    assert (tmp_path / "attention.html").read_text().startswith("<!DOCTYPE html>")
 
 
 def test_heads_prunes_round_by_round_and_writes_two_pictures(four_heads, tmp_path):
@@ -224,7 +225,7 @@ def test_without_matplotlib_the_scripts_print_tables_and_say_how_to_get_pictures
     (blocker / "__init__.py").write_text("raise ImportError('matplotlib is not installed')\n")
     env = {"PYTHONPATH": str(blocker.parent)}
     out = run("attention.py", "--weights", str(four_heads), "--out-dir", str(tmp_path), env=env)
-    assert "attention entropy (nats)" in out and 'pip install -e ".[plot]"' in out
+    assert "attention entropy (nats)" in out and 'pip install -e ".[views]"' in out
     assert not list(tmp_path.glob("*.png"))
 
 

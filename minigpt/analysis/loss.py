@@ -35,12 +35,19 @@ def predicted(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor
     return counted
 
 
-def lm_loss(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Tensor:
-    """Mean next-token negative log-likelihood in nats over real predicted tokens: a scalar,
-    differentiable with respect to the parameters and to head_mask."""
+def token_losses(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 head_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """-log p of each next token (b t-1), 0 where nothing is predicted, and which are predicted (b t-1)."""
     check_gpt(model, "lm_loss")
     counted = predicted(input_ids, attention_mask)  # (b t-1)
     logits = model(input_ids, attention_mask=attention_mask, head_mask=head_mask)  # (b t v)
     logprobs = logits[:, :-1].float().log_softmax(dim=-1)  # position t predicts token t+1
     picked = logprobs.gather(-1, input_ids[:, 1:, None])[..., 0]  # (b t-1): log p of the token that came
-    return -torch.where(counted, picked, 0.0).sum() / counted.sum()
+    return -torch.where(counted, picked, 0.0), counted
+
+
+def lm_loss(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None, head_mask: Tensor | None = None) -> Tensor:
+    """Mean next-token negative log-likelihood in nats over real predicted tokens: a scalar,
+    differentiable with respect to the parameters and to head_mask."""
+    losses, counted = token_losses(model, input_ids, attention_mask, head_mask)
+    return losses.sum() / counted.sum()

@@ -1,5 +1,8 @@
 """Head pruning: remove attention heads for good (Michel, Levy & Neubig 2019, section 4).
 
+`prune_by_importance` is the paper's iterative loop (section 4.2): measure importance, remove the
+least important tenth of the heads, measure the loss, repeat.
+
 Plain module surgery: a pruned head's rows of c_attn (its q, k and v) and columns of c_proj (what
 reads its output) are cut out into new, smaller nn.Linear layers, and the attention's n_head goes
 down, so the model is smaller and faster, and computes exactly what the unpruned model computes
@@ -10,13 +13,18 @@ is ignored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..attention import CausalSelfAttention
-from ..checks import check_int
+from ..checks import check_float, check_int
 from ..head_mask import kept_heads
 from ..model import GPT
+from .importance import head_importance
+from .loss import token_losses
 
 
 def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
@@ -81,3 +89,68 @@ def pruned_heads(model: GPT) -> dict[int, list[int]]:
     config = model.config
     removed = {layer: sorted(set(range(config.n_head)) - set(kept_heads(model, layer))) for layer in range(config.n_layer)}
     return {layer: heads for layer, heads in removed.items() if heads}
+
+
+@dataclass
+class PruningCurve:
+    """What `prune_by_importance` did: (heads pruned so far, loss) after each round, the unpruned
+    model first; which heads each round removed; and why it stopped."""
+
+    points: list[tuple[int, float]]
+    removed: list[dict[int, list[int]]] = field(default_factory=list)
+    stopped: str = ""
+
+
+def prune_by_importance(model: GPT, batches: Iterable[tuple[Tensor, Tensor | None]], *, fraction: float = 0.1,
+                        rounds: int = 9, max_loss_increase: float | None = None,
+                        on_round: Callable[[int, int], None] | None = None) -> PruningCurve:
+    """Michel et al. section 4.2, in place: each round, head importance (per example) on `batches`,
+    then the least important `fraction` of all heads removed (never a layer's last), then the loss
+    over `batches`. Stops after `rounds`, when every layer is down to one head, or once the loss has
+    risen more than `max_loss_increase` nats above the unpruned model's (that round is kept).
+    on_round(done, rounds): called after each round (a progress bar)."""
+    batches = list(batches)
+    check_float("fraction", fraction, 0.0, 1.0, open_low=True)
+    check_int("rounds", rounds, 1)
+    if max_loss_increase is not None:
+        check_float("max_loss_increase", max_loss_increase, 0.0)
+    config = model.config
+    per_round = max(1, round(fraction * config.n_layer * config.n_head))
+    curve = PruningCurve(points=[(0, loss_over(model, batches))], stopped=f"{rounds} rounds done")
+    for done in range(rounds):
+        heads = least_important(model, head_importance(model, batches), per_round)
+        if not heads:
+            curve.stopped = f"after round {done}: every layer is down to its last head, which pruning keeps"
+            break
+        prune_heads(model, heads)
+        curve.removed.append(heads)
+        curve.points.append((sum(len(h) for h in pruned_heads(model).values()), loss_over(model, batches)))
+        if on_round is not None:
+            on_round(done + 1, rounds)
+        if max_loss_increase is not None and curve.points[-1][1] - curve.points[0][1] > max_loss_increase:
+            curve.stopped = f"after round {done + 1}: the loss rose more than {max_loss_increase:g} nats"
+            break
+    return curve
+
+
+def least_important(model: GPT, importance: Tensor, count: int) -> dict[int, list[int]]:
+    """Up to `count` unpruned heads of least importance, never a layer's last head."""
+    remaining = {layer: kept_heads(model, layer) for layer in range(model.config.n_layer)}
+    order = sorted((importance[layer, head].item(), layer, head) for layer, heads in remaining.items() for head in heads)
+    chosen: dict[int, list[int]] = {}
+    for _, layer, head in order:
+        if len(chosen.get(layer, [])) < len(remaining[layer]) - 1:
+            chosen.setdefault(layer, []).append(head)
+            if sum(len(h) for h in chosen.values()) == count:
+                break
+    return chosen
+
+
+@torch.no_grad()
+def loss_over(model: GPT, batches: list[tuple[Tensor, Tensor | None]]) -> float:
+    """The mean next-token loss over every predicted token of all batches."""
+    total, count = 0.0, 0
+    for ids, mask in batches:
+        losses, counted = token_losses(model, ids, mask)
+        total, count = total + float(losses.sum()), count + int(counted.sum())
+    return total / count

@@ -1,0 +1,188 @@
+"""The course's pictures as matplotlib figures, one call each on what the library returns.
+
+    attention_maps(trace, tokens)              every head of every layer; layer= one layer; layer= head= one head
+    head_heatmap(values, title, label)         a (layer, head) table: attention entropy, head importance
+    logit_lens(lens, tokens, token_strings)    what each layer would predict at each position
+    choices(generation, token_strings)         a generation step by step: the token chosen, its alternatives
+    pruning_curve(curve, total_heads)          the loss as heads are pruned (analysis.prune_by_importance)
+    beam_tree(generation, token_strings)       a beam search's tree (keep_tree=True): kept, finished, dropped
+
+Each returns a `matplotlib.figure.Figure`: `figure.savefig("x.png")`, or shown inline in Jupyter.
+`token_strings` is `Tokenizer.token_strings`; `tokens` a list of strings, one per position.
+Needs the `views` extra (`pip install -e ".[views]"`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ..analysis.pruning import PruningCurve
+from ..model import Trace
+
+TokenStrings = Callable[[list[int]], list[str]]
+
+
+def attention_maps(trace: Trace, tokens: list[str], row: int = 0, layer: int | None = None,
+                   head: int | None = None) -> Figure:
+    """Attention patterns of one row of a trace: each map's rows are queries, its columns the keys
+    they may look at, dark where a query looks. All heads of all layers, of one layer, or one head."""
+    layers = range(len(trace.attentions)) if layer is None else [layer]
+    cells = [(l, h) for l in layers for h in (range(trace.attentions[l].shape[1]) if head is None else [head])]
+    columns = max(h for _, h in cells) + 1 if head is None else 1
+    rows = len(layers)
+    t = len(tokens)
+    size = max(1.4, 0.18 * t) if len(cells) > 1 else max(4.0, 0.3 * t)
+    figure = Figure(figsize=(size * columns + 1.5, size * rows + 1.0))
+    grid = figure.subplots(rows, columns, squeeze=False)
+    labels = [token.strip() or repr(token) for token in tokens]  # a leading space would push the text off the axis
+    for axes in grid.flat:
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_facecolor("0.92")  # a pruned head's cell stays grey
+    for l, h in cells:
+        axes = grid[layers.index(l)][0 if head is not None else h]
+        axes.imshow(trace.attentions[l][row, h].detach().float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
+        axes.set_title(f"layer {l} head {h}", fontsize=8)
+        if t <= 24 or len(cells) == 1:  # token labels, where there is room for them
+            axes.set_xticks(range(t), labels, rotation=90, fontsize=6 if len(cells) > 1 else 8)
+            axes.set_yticks(range(t), labels, fontsize=6 if len(cells) > 1 else 8)
+    figure.suptitle("attention: each row a query token, each column a key it may look at")
+    figure.tight_layout()
+    return figure
+
+
+def head_heatmap(values: Tensor, title: str, label: str) -> Figure:
+    """A (layer, head) table as coloured cells with their numbers; NaN cells (pruned heads) blank."""
+    rows, columns = values.shape
+    figure = Figure(figsize=(max(5.0, 1.5 + 0.55 * columns), max(3.0, 1.0 + 0.45 * rows)))
+    axes = figure.subplots()
+    top = float(values.nan_to_num(0).max()) or 1.0
+    image = axes.imshow(values.detach().cpu().numpy(), cmap="viridis", aspect="auto", vmin=0, vmax=top)
+    figure.colorbar(image, ax=axes, label=label, format="%.2f")
+    axes.set_title(title, fontsize=10)
+    axes.set(xlabel="head", ylabel="layer", xticks=range(columns), yticks=range(rows))
+    if rows * columns <= 400:  # numbers stay readable up to GPT-2 medium's 24 x 16
+        for (layer, head), value in zip(torch.cartesian_prod(torch.arange(rows), torch.arange(columns)).tolist(),
+                                        values.flatten().tolist()):
+            if value == value:  # not NaN
+                axes.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                          color="white" if value < 0.6 * top else "black")
+    figure.tight_layout()
+    return figure
+
+
+def top_tokens(logits: Tensor, token_strings: TokenStrings) -> tuple[list[list[str]], Tensor]:
+    """(... v) logits -> the likeliest token's text at each place, and its probability (...)."""
+    probs, ids = logits.detach().float().softmax(dim=-1).max(dim=-1)
+    texts = [token_strings(row) for row in ids.reshape(-1, ids.shape[-1]).tolist()]
+    return texts, probs
+
+
+def logit_lens(lens: Tensor, tokens: list[str], token_strings: TokenStrings, row: int = 0) -> Figure:
+    """analysis.logit_lens (l+1 b t v) of one row: for each layer (rows) and position (columns), the
+    token that layer would predict next, coloured by its probability."""
+    texts, probs = top_tokens(lens[:, row], token_strings)  # (l+1) lists of t, (l+1 t)
+    depth, t = probs.shape
+    figure = Figure(figsize=(max(6.0, 0.9 * t + 2), max(3.0, 0.4 * depth + 1.5)))
+    axes = figure.subplots()
+    image = axes.imshow(probs.cpu().numpy(), cmap="Greens", aspect="auto", vmin=0, vmax=1)
+    for layer in range(depth):
+        for position in range(t):
+            axes.text(position, layer, texts[layer][position].strip()[:8] or repr(texts[layer][position]), ha="center",
+                      va="center", fontsize=7, color="white" if float(probs[layer, position]) > 0.6 else "black")
+    axes.set_xticks(range(t), [token.strip() or repr(token) for token in tokens], rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(depth), ["embeddings", *(f"block {i}" for i in range(1, depth))], fontsize=8)
+    axes.set_title("logit lens: the next token each layer would predict (colour: its probability)", fontsize=10)
+    figure.colorbar(image, ax=axes, label="probability")
+    figure.tight_layout()
+    return figure
+
+
+def choices(generation, token_strings: TokenStrings, row: int = 0) -> Figure:
+    """A Generation's choice table as a picture: one line per step, the chosen token first, then the
+    alternatives the step remembered, each coloured by its probability; the entropy on the right."""
+    steps = int(generation.new_lengths[row])
+    chosen = generation.new_tokens[row, :steps].tolist()
+    alternatives = generation.alternatives[row, :steps]  # (new a)
+    probs = generation.alternative_probs[row, :steps].float()
+    figure = Figure(figsize=(2 + 1.3 * (alternatives.shape[1] + 1), max(2.5, 0.35 * steps + 1.2)))
+    axes = figure.subplots()
+    cells = torch.cat([generation.scores[row, :steps].exp()[:, None].float(), probs], dim=1)  # (new 1+a)
+    axes.imshow(cells.cpu().numpy(), cmap="Oranges", aspect="auto", vmin=0, vmax=1)
+    for step in range(steps):
+        names = token_strings([chosen[step]]) + [token_strings([i])[0] if i >= 0 else "" for i in alternatives[step].tolist()]
+        for column, name in enumerate(names):
+            axes.text(column, step, repr(name)[1:-1][:10], ha="center", va="center", fontsize=7,
+                      weight="bold" if column == 0 else "normal")
+        axes.text(len(names) - 0.4, step, f"H={float(generation.entropy[row, step]):.2f}", va="center", fontsize=7)
+    axes.set_xticks(range(cells.shape[1]), ["chosen", *(f"#{i + 1}" for i in range(alternatives.shape[1]))], fontsize=8)
+    axes.set_yticks(range(steps), [str(step) for step in range(steps)], fontsize=7)
+    axes.set(ylabel="step", title="choices per step (colour: probability; H: entropy in nats)")
+    figure.tight_layout()
+    return figure
+
+
+def pruning_curve(curve: PruningCurve, total_heads: int) -> Figure:
+    """The loss after each round of analysis.prune_by_importance, against the share of heads pruned."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    axes.plot([100 * n / total_heads for n, _ in curve.points], [loss for _, loss in curve.points], marker="o")
+    axes.ticklabel_format(useOffset=False)  # the loss itself on the axis, not "+1.08e1" and differences
+    axes.set(xlabel="heads pruned (%)", ylabel="loss (nats per token)", title="loss as the least important heads go")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+FATE_COLOURS = {"kept": "#1f77b4", "finished": "#2ca02c", "dropped": "#bfbfbf"}  # blue, green, grey
+
+
+def tree_layout(generation, token_strings: TokenStrings, prompt: int = 0) -> list[dict]:
+    """The nodes of one prompt's beam tree: step, rank among the step's candidates, token text,
+    running score, fate ("kept", "finished", "dropped") and the index of the parent node."""
+    tree = generation.tree
+    if tree is None:
+        raise ValueError("this Generation keeps no tree: run beam_search(..., keep_tree=True)")
+    nodes: list[dict] = []
+    beam_node: dict[int, int] = {}  # beam j of the step before -> its node
+    for step, candidates in enumerate(tree.steps):
+        next_beam_node = {}
+        for rank in range(candidates.token.shape[1]):
+            fate = int(candidates.fate[prompt, rank])
+            nodes.append({"step": step, "rank": rank, "text": token_strings([int(candidates.token[prompt, rank])])[0],
+                          "score": float(candidates.score[prompt, rank]),
+                          "fate": "kept" if fate >= 0 else "finished" if fate == -1 else "dropped",
+                          "parent": beam_node.get(int(candidates.parent[prompt, rank]))})
+            if fate >= 0:
+                next_beam_node[fate] = len(nodes) - 1
+        beam_node = next_beam_node
+    return nodes
+
+
+def beam_tree(generation, token_strings: TokenStrings, prompt: int = 0) -> Figure:
+    """A beam search's tree (keep_tree=True) for one prompt: each column a step, each dot a
+    candidate (its token beside it), a line to the beam it extends; blue went on, green finished,
+    grey dropped."""
+    nodes = tree_layout(generation, token_strings, prompt)
+    steps = max(n["step"] for n in nodes) + 1
+    per_step = max(n["rank"] for n in nodes) + 1
+    figure = Figure(figsize=(max(6.0, 1.6 * steps + 1), max(3.0, 0.35 * per_step + 1)))
+    axes = figure.subplots()
+    for node in nodes:
+        if node["parent"] is not None:
+            parent = nodes[node["parent"]]
+            axes.plot([parent["step"], node["step"]], [parent["rank"], node["rank"]], color="0.8", linewidth=0.8,
+                      zorder=1)
+    for node in nodes:
+        axes.scatter(node["step"], node["rank"], color=FATE_COLOURS[node["fate"]], s=18, zorder=2)
+        axes.text(node["step"] + 0.06, node["rank"], f"{node['text']!r} {node['score']:.1f}"[:18], fontsize=6,
+                  va="center", color="black" if node["fate"] != "dropped" else "0.55")
+    axes.invert_yaxis()
+    axes.set(xlabel="step", ylabel="candidate (best first)", xticks=range(steps),
+             title="beam search: blue went on as a beam, green finished, grey dropped")
+    figure.tight_layout()
+    return figure
