@@ -4,6 +4,10 @@ Mirrors `GPT2LMHeadModel` in transformers' `modeling_gpt2.py` (Radford et al. 20
 are built by a function passed in (`make_block`), so an experiment can swap the attention kernel,
 the MLP, the norm or the whole block and load the same weights.
 
+Read `transform` first: it is the forward pass and nothing else. The public calls (`forward`,
+`trace`, `run_with_cache`) check their arguments once (boundary.py) and then call it; every
+activation passes a hook point (hooks.py) where it can be read or replaced.
+
 Axes (the same letters everywhere; the README lists them): b batch, t new positions, s every
 position a query can see (cached + new; a cache's slots), e model width, h heads, l layers,
 v vocabulary.

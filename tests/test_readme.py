@@ -15,6 +15,7 @@ not listed (or a listed one that left the README) fails the first test. What cha
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -119,3 +120,17 @@ def test_the_python_blocks_run_in_order_from_any_directory(tmp_path):
                           env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(PYTHON_BLOCKS) >= 4
+
+
+def test_the_training_figures_the_readme_quotes_are_the_shipped_models_own():
+    """They are copied from weights/shakespeare/training.json, which train.py wrote: checked here so
+    they cannot drift from the model that ships."""
+    report = json.loads((SHAKESPEARE / "training.json").read_text())
+    line = re.search(r"Held-out loss: \*\*([\d.]+) nats per token, ([\d.]+) bits per byte\*\*; a unigram model of the "
+                     r"training\s+tokens scores ([\d.]+) nats per token, ([\d.]+) bits per byte", README)
+    quoted = [float(x) for x in line.groups()]
+    assert quoted == [round(report[k], 3) for k in ("held_out_nats_per_token", "held_out_bits_per_byte",
+                                                    "unigram_nats_per_token", "unigram_bits_per_byte")]
+    curve = {h["step"]: round(h["held_out"], 2) for h in report["history"]}
+    for value, step in re.findall(r"([\d.]+) at step (\d+)", README):
+        assert curve[int(step)] == float(value)
