@@ -36,6 +36,7 @@ from minigpt.checks import check_device
 from minigpt.files import write_text_atomically
 from minigpt.training import TokenWindows, TrainConfig, shakespeare, split_by_play, train
 from weights import save_gpt2
+from weights.locate import home_expanded
 
 HELD_OUT = ["julius-caesar", "the-tempest", "twelfth-night"]  # a Roman play, a romance, a comedy
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "training.json"]
@@ -142,7 +143,7 @@ def output_directory(args: argparse.Namespace) -> Path:
         if args.resume:
             raise ValueError("--resume needs --out: the directory of the run to continue")
         return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    out = Path(args.out).expanduser()
+    out = home_expanded(Path(args.out), "--out")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     held = [name for name in CHECKPOINT_FILES + [STATE, TOKENIZER] if (out / name).exists()]

@@ -50,7 +50,11 @@ def test_every_record_and_shared_option_is_a_result_or_one_value_error(name, val
     for decode in (lambda: decoders.greedy(model(), ids, attention_mask=mask, max_new_tokens=3, **{name: value}),
                    lambda: decoders.beam_search(model(), ids, attention_mask=mask, num_beams=2, max_new_tokens=3,
                                                 **{name: value}),
-                   lambda: decoders.sample(model(), ids, attention_mask=mask, max_new_tokens=3, **{name: value})):
+                   lambda: decoders.sample(model(), ids, attention_mask=mask, max_new_tokens=3, **{name: value}),
+                   lambda: decoders.contrastive_search(model(), ids, attention_mask=mask, penalty_alpha=0.5, top_k=2,
+                                                       max_new_tokens=3, **{name: value}),
+                   lambda: decoders.diverse_beam_search(model(), ids, attention_mask=mask, num_beams=2, num_beam_groups=2,
+                                                        diversity_penalty=1.0, max_new_tokens=3, **{name: value})):
         try:
             out = decode()
         except ValueError as err:

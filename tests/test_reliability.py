@@ -34,7 +34,8 @@ def test_every_train_config_option_is_a_config_or_one_value_error(field, value):
     try:
         config = TrainConfig(**{field: value})
     except ValueError as err:
-        assert str(err).startswith(field)  # named
+        # named: the field, or the one it contradicts (lr=1e-180 is below the default min_lr)
+        assert str(err).startswith(field) or (field == "lr" and str(err).startswith("min_lr")), err
         return
     # accepted: then it is a value a run can use
     assert getattr(config, field) == value
@@ -192,3 +193,33 @@ def test_a_cache_of_another_model_and_meta_ids_are_refused():
         model(torch.tensor([[1, 2]]), cache=GPT(TINY).double().new_cache(1, 8))
     with pytest.raises(ValueError, match="input_ids is on the meta device"):
         model(torch.zeros(1, 2, dtype=torch.long, device="meta"))
+
+
+def test_a_local_path_that_does_not_exist_is_named_as_one_with_the_nearest_name(tmp_path, monkeypatch):
+    from weights import locate
+
+    (tmp_path / "weights" / "shakespeare").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for typed in ("weights/shakspeare", "./weights/shakspeare"):
+        with pytest.raises(ValueError, match=r"weights path weights/shakspeare does not exist \(did you mean "
+                                             r"weights/shakespeare\?\)"):
+            locate(typed)
+    with pytest.raises(ValueError, match="weights path ~nobody-here/gpt2 does not exist: ~nobody-here names no home"):
+        locate("~nobody-here/gpt2")
+    with pytest.raises(ValueError, match="is not cached"):  # a bare name, or owner/name with no such local owner
+        locate("someone/gpt9")
+
+
+def test_a_config_of_a_hundred_million_layers_is_refused_at_once(tmp_path):
+    import json
+    import time
+
+    from weights import load_gpt2, save_gpt2
+
+    directory = save_gpt2(GPT(TINY), tmp_path / "ckpt")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(config | {"n_layer": 10**8}))
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="says n_layer=100000000, but it holds blocks h.0 to h.0"):
+        load_gpt2(directory)
+    assert time.monotonic() - start < 2

@@ -46,7 +46,7 @@ def locate(source: str | os.PathLike) -> Path:
     exist is reported as such, with the nearest name that does; never looked up on the hub."""
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ValueError(f"weights must be a checkpoint directory or a hub name such as 'gpt2', got {source!r}")
-    path = Path(source).expanduser()
+    path = home_expanded(Path(source), "weights path")
     if path.is_dir():
         return path
     name = str(source)
@@ -54,6 +54,14 @@ def locate(source: str | os.PathLike) -> Path:
         kind = "is not a directory" if path.exists() else "does not exist" + _did_you_mean(path)
         raise ValueError(f"weights path {path} {kind}; give a checkpoint directory or a hub name such as 'gpt2'")
     return find_cached(name) or _download(_names_of(name)[-1], hub_cache_dir())
+
+
+def home_expanded(path: Path, what: str) -> Path:
+    """~ and ~user expanded; a user with no home directory is named, not a RuntimeError from pathlib."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"{what} {path} does not exist: {path.parts[0]} names no home directory on this machine") from None
 
 
 def _is_path(source: str | os.PathLike) -> bool:
