@@ -45,7 +45,7 @@ class KVCache:
         dtype = check_dtype(dtype)
         device = check_device("cpu" if device is None else device)
         shape = (n_layer, batch, n_head, max_length, head_dim)
-        check_fits_in_memory(2 * math.prod(shape) * dtype.itemsize, f"a KV cache of {batch} rows x {max_length} positions",
+        check_fits_in_memory(self.bytes_needed(shape, dtype), f"a KV cache of {batch} rows x {max_length} positions",
                              device)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -60,10 +60,16 @@ class KVCache:
         return cls(config.n_layer, batch, config.n_head, config.head_dim, max_length, device=model.device, dtype=model.dtype)
 
     @staticmethod
+    def bytes_needed(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+        """What a cache of keys and values shaped (l b h s d) allocates: both, and the mask (b s)."""
+        n_layer, batch, n_head, max_length, head_dim = shape
+        return 2 * math.prod(shape) * dtype.itemsize + batch * max_length
+
+    @staticmethod
     def bytes_for(model: torch.nn.Module, batch: int, max_length: int) -> int:
         """What `for_model(model, batch, max_length)` would allocate, without allocating it."""
         config = model.config
-        return 2 * config.n_layer * batch * config.n_embd * max_length * model.dtype.itemsize + batch * max_length
+        return KVCache.bytes_needed((config.n_layer, batch, config.n_head, max_length, config.head_dim), model.dtype)
 
     @property
     def batch(self) -> int:

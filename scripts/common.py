@@ -319,17 +319,6 @@ def output_dir(args: argparse.Namespace) -> Path:
     return directory
 
 
-def progress(items: list, label: str):
-    """Yield the items, drawing `label 5/10 [#####.....]` on stderr as each one finishes."""
-    sys.stdout.flush()  # what was printed before comes before the bar
-    try:
-        for done, item in enumerate(items, start=1):
-            yield item
-            draw_bar(label, done, len(items))
-    finally:  # also when the caller stops early: what follows starts on a line of its own
-        print(file=sys.stderr, flush=True)
-
-
 def draw_bar(label: str, done: int, total: int, after: str = "") -> None:
     """Redraw the progress line on stderr: `label 5/10 [##########..........] after`."""
     filled = round(20 * done / total)

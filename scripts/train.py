@@ -97,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"corpus: {where}; {len(train_ids):,} training and {len(held_ids):,} held-out tokens "
           f"(vocabulary {tokenizer.vocab_size})")
 
-    # Everything is checked: only now is anything written.
+    # The options and the text are checked: only now is anything written (train still checks, before its first
+    # step, that a batch fits in memory; failing there leaves only the run's own training-tokenizer/ behind)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
