@@ -14,7 +14,6 @@ from torch import Tensor
 
 from .checks import check_finite_tensor, check_fits_in_memory, check_mask, check_token_ids
 from .config import GPTConfig
-from .hooks import describe
 from .kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -79,15 +78,3 @@ def check_cache(model: GPT, cache: object, batch: int) -> None:
                          f"{model.dtype} on {model.device}; use model.new_cache(batch, max_length)")
     if rows != batch:
         raise ValueError(f"the cache holds {rows} rows but input_ids has {batch}")
-
-
-def check_names(names: object, known: dict) -> list[str]:
-    """run_with_cache's `names`: None (all) or a list of hook-point names that exist."""
-    if names is None:
-        return list(known)
-    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"names must be a list of hook-point names, or None for all, got {names!r:.60}")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"no hook point named {unknown[0]!r}; the hook points are: {describe(known)}")
-    return list(dict.fromkeys(names))

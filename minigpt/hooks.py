@@ -90,9 +90,7 @@ def hooks(model: nn.Module, fns: dict[str, HookFn]) -> Iterator[None]:
         yield
         return
     points = hook_points(model)
-    unknown = [name for name in fns if name not in points]
-    if unknown:
-        raise ValueError(f"no hook point named {unknown[0]!r}; the hook points are: {describe(points)}")
+    check_names(list(fns), points)
     for name, fn in fns.items():
         if not callable(fn):
             raise ValueError(f"the hook for {name} must be a function activation -> replacement or None, "
@@ -121,6 +119,18 @@ def not_reached(name: str) -> ValueError:
     return ValueError(f"hook point {name} was not reached by the forward pass: its block never forms that "
                       "activation (a fused attention kernel forms no scores and no pattern; build the model "
                       "with explicit_attention to read them)")
+
+
+def check_names(names: object, points: dict[str, HookPoint]) -> list[str]:
+    """None (every hook point), or a list of names that exist, each once, in the order given."""
+    if names is None:
+        return list(points)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"names must be a list of hook-point names, or None for all, got {names!r:.60}")
+    unknown = [n for n in names if n not in points]
+    if unknown:
+        raise ValueError(f"no hook point named {unknown[0]!r}; the hook points are: {describe(points)}")
+    return list(dict.fromkeys(names))
 
 
 def describe(points: dict[str, HookPoint]) -> str:

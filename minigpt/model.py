@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from .block import Block, gpt2_block
-from .boundary import check_construction, check_inputs, check_names
+from .boundary import check_construction, check_inputs
 from .config import GPTConfig
 from .embedding import TokenEmbedding
 from .head_mask import head_gates
-from .hooks import HookFn, HookPoint, attached, hook_points, hooks, not_reached
+from .hooks import HookFn, HookPoint, attached, check_names, hook_points, hooks, not_reached
 from .kv_cache import KVCache
 
 
