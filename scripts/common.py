@@ -326,13 +326,14 @@ def draw_bar(label: str, done: int, total: int, after: str = "") -> None:
 
 
 def machine_line() -> str:
-    """When and where a measurement ran, printed above every figure a benchmark prints, so that a
-    table pasted into the README says where it came from."""
+    """When and where a measurement ran, and how busy the machine was, printed above every figure a
+    benchmark prints, so that a table pasted into the README says where it came from."""
     cpuinfo = Path("/proc/cpuinfo")
     names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
     cpu = names[0].strip() if names else platform.processor() or platform.machine()
-    return (f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu}, {os.cpu_count()} cores; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())  # other work on the machine slows every figure
+    return (f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu}, {os.cpu_count()} cores, load "
+            f"{load} (1, 5, 15 min) before the run; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def seconds(job: Callable[[], object]) -> float:
