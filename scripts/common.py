@@ -319,6 +319,15 @@ def output_dir(args: argparse.Namespace) -> Path:
     return directory
 
 
+def make_directory(path: Path, flag: str) -> Path:
+    """mkdir -p, with a failure said to come from the option `flag`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: {err.strerror or err}") from None
+    return path
+
+
 def draw_bar(label: str, done: int, total: int, after: str = "") -> None:
     """Redraw the progress line on stderr: `label 5/10 [##########..........] after`."""
     filled = round(20 * done / total)

@@ -2,46 +2,61 @@
 """Train a GPT-2 from scratch and save it in the public layout, with its tokenizer beside it.
 
     python scripts/train.py                      # Shakespeare, the shape of the shipped model, into runs/<time>
-    python scripts/train.py --text-file my.txt --n-layer 2 --steps 500 --out my-model
+    python scripts/train.py --text my.txt --n-layer 2 --steps 500 --out my-model
+    python scripts/train.py --data data/owt --out owt-model   # a corpus scripts/prepare.py tokenized
     python scripts/train.py --resume --out my-model   # continue an interrupted run exactly
+    torchrun --nproc_per_node 2 scripts/train.py --out my-model   # data parallel: 2 processes
 
 Nothing a user owns is overwritten by accident: --out must be new, empty, or a run this script
 started (with --resume); a directory that holds a checkpoint (the shipped model among them) is
 replaced only with --overwrite. Every option and the text are checked before anything is written.
-While it trains, the run keeps its own files in --out (training-state.pt, training-tokenizer.json);
-the checkpoint's files (config.json, model.safetensors, vocab.json, merges.txt, training.json) are
-written at the end, each to a temporary name and renamed, so a failed or interrupted run leaves
-an earlier checkpoint there whole.
+While it trains, the run keeps its own files in --out (training-state.pt, and training-corpus/,
+the text tokenized, unless --data names a corpus); the checkpoint's files (config.json,
+model.safetensors, vocab.json, merges.txt, training.json) are written at the end, each to a
+temporary name and renamed, so a failed or interrupted run leaves an earlier checkpoint there whole.
 
 The corpus defaults to Shakespeare's plays (the `train` extra installs them), three plays held out.
-A byte-level BPE is learned from the training text (`Tokenizer.train`). The loop is
-`minigpt.training.train`; this script reads the options, shows progress, and reports the held-out
-loss in nats per token and bits per byte against a unigram baseline on the same text.
+The text goes through scripts/prepare.py's path: a byte-level BPE is learned from the training
+text (`Tokenizer.train`), the text is tokenized into token files, and training reads windows from
+them by memory map. The loop is `minigpt.training.train`; this script reads the options, shows
+progress, and reports the held-out loss in nats per token and bits per byte against a unigram
+baseline on the same text.
+
+Under torchrun every process runs this script: each trains on its share of every global batch
+(--batch x --accumulate x processes windows a step) and rank 0 alone prints and writes. A run
+resumes with any number of processes that keeps the global batch (see minigpt/training/state.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from common import SHIPPED, Parser, add_threads_argument, draw_bar, finite_float, non_negative_int, option, positive_int, run
-from minigpt import GPT, GPTConfig, Tokenizer
+from common import (SHIPPED, Parser, add_threads_argument, draw_bar, finite_float, make_directory, non_negative_int, option,
+                    positive_int, run)
+from minigpt import GPT, GPTConfig
 from minigpt.checks import check_device
 from minigpt.files import write_text_atomically
-from minigpt.training import TokenWindows, TrainConfig, shakespeare, split_by_play, train
+from minigpt.training import Ranks, TokenCorpus, TokenWindows, TrainConfig, train
+from prepare import Progress as Tokenizing
+from prepare import add_corpus_arguments, prepare_from
 from weights import save_gpt2
 from weights.locate import home_expanded
 
-HELD_OUT = ["julius-caesar", "the-tempest", "twelfth-night"]  # a Roman play, a romance, a comedy
 CHECKPOINT_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "training.json"]
-STATE, TOKENIZER = "training-state.pt", "training-tokenizer"  # the run's own, while it trains: its state and
-# its tokenizer (vocab.json, merges.txt), kept apart from the checkpoint's until the run ends
+STATE, CORPUS = "training-state.pt", "training-corpus"  # the run's own, while it trains: its state and its
+# corpus, tokenized (with its tokenizer), kept apart from the checkpoint's files until the run ends
+UNIGRAM_TOKENS = 1 << 24  # the unigram baseline counts the first 16M training tokens (all of Shakespeare's)
 
 
 def parser() -> Parser:
@@ -49,8 +64,9 @@ def parser() -> Parser:
     parser.add_argument("--out", help="the checkpoint directory to write (default: a new runs/train-<time>)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoint already in --out (the old one stays whole until the run ends)")
-    parser.add_argument("--text-file", help="train on this UTF-8 text instead (its last 5%% held out)")
-    parser.add_argument("--vocab-size", type=positive_int, default=2048)
+    parser.add_argument("--data", help="a corpus scripts/prepare.py wrote (instead of --text or Shakespeare)")
+    parser.add_argument("--text-file", dest="text", nargs="+", help=argparse.SUPPRESS)  # the old name of --text
+    add_corpus_arguments(parser)
     shape = parser.add_argument_group("model shape")
     shape.add_argument("--n-layer", type=positive_int, default=4)
     shape.add_argument("--n-head", type=positive_int, default=4)
@@ -60,7 +76,7 @@ def parser() -> Parser:
     loop = parser.add_argument_group("training")
     defaults = TrainConfig()
     loop.add_argument("--steps", type=positive_int, default=defaults.steps)
-    loop.add_argument("--batch", type=positive_int, default=defaults.batch)
+    loop.add_argument("--batch", type=positive_int, default=defaults.batch, help="sequences per micro-batch, per process")
     loop.add_argument("--accumulate", type=positive_int, default=defaults.accumulate)
     loop.add_argument("--lr", type=finite_float, default=defaults.lr)
     loop.add_argument("--min-lr", type=finite_float, default=defaults.min_lr)
@@ -70,6 +86,7 @@ def parser() -> Parser:
     loop.add_argument("--eval-every", type=positive_int, default=defaults.eval_every)
     loop.add_argument("--save-every", type=positive_int, default=defaults.save_every)
     loop.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
+    loop.add_argument("--compile", action="store_true", help="torch.compile the step (faster after a few seconds' start)")
     loop.add_argument("--seed", type=non_negative_int, default=0)
     loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     loop.add_argument("--resume", action="store_true", help="continue the run in --out (its training-state.pt)")
@@ -78,58 +95,55 @@ def parser() -> Parser:
 
 
 def main(args: argparse.Namespace) -> int:
-    option(check_device, "--device", args.device)
-    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
-                       n_positions=args.block, dropout=args.dropout)  # checked (--dropout too) before any work is done
+    device = option(check_device, "--device", args.device)
+    ranks = Ranks.from_env(device.type)
+    try:
+        return train_run(args, ranks, ranks.device(args.device))
+    finally:
+        ranks.close()
+
+
+def train_run(args: argparse.Namespace, ranks: Ranks, device: str) -> int:
     loop = TrainConfig(steps=args.steps, batch=args.batch, accumulate=args.accumulate, lr=args.lr, min_lr=args.min_lr,
                        warmup=args.warmup, weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
-                       save_every=args.save_every, dtype=args.dtype)
-    out = output_directory(args)
+                       save_every=args.save_every, dtype=args.dtype, compile=args.compile)
+    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
+                       n_positions=args.block, dropout=args.dropout)  # checked (--dropout too) before any work is done
+    out = ranks.agree(output_directory(args))
+    say = print if ranks.writer else lambda *words, **where: None
+    corpus = TokenCorpus.open(ranks.on_writer(lambda: corpus_directory(args, out)))
+    config = dataclasses.replace(config, vocab_size=corpus.tokenizer.vocab_size)  # --data brings its own
+    say(f"corpus: {corpus.directory}; {len(corpus.train):,} training and {len(corpus.held_out):,} held-out tokens "
+        f"(vocabulary {corpus.tokenizer.vocab_size})")
     torch.manual_seed(args.seed)
-    train_text, held_out_text, where = corpus(args)
-    tokenizer = tokenizer_for(train_text, args, out)
-    eot = tokenizer.eot_id
-    train_ids, held_ids = (torch.tensor(stream(tokenizer, text)) for text in (train_text, held_out_text))
-    for name, ids in (("training", train_ids), ("held-out", held_ids)):
-        if len(ids) < args.block + 1:
-            raise ValueError(f"the {name} text is {len(ids)} tokens, too short for --block {args.block}: a window "
-                             f"needs {args.block + 1}; give a longer --text-file or a smaller --block")
-    print(f"corpus: {where}; {len(train_ids):,} training and {len(held_ids):,} held-out tokens "
-          f"(vocabulary {tokenizer.vocab_size})")
-
-    # The options and the text are checked: only now is anything written (train still checks, before its first
-    # step, that a batch fits in memory; failing there leaves only the run's own training-tokenizer/ behind)
+    model = GPT(config).to(device)
+    processes = f"; {ranks.count} processes" if ranks.count > 1 else ""
+    say(f"model: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, context {config.n_positions}: "
+        f"{config.parameter_count:,} parameters; {loop.steps} steps of "
+        f"{loop.batch * loop.accumulate * ranks.count * args.block:,} tokens; {torch.get_num_threads()} threads, "
+        f"{args.dtype}{processes}")
+    say(f"writing to {out}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out {out}: {err.strerror or err}") from None
-    if not args.resume:
-        (out / TOKENIZER).mkdir(exist_ok=True)
-        tokenizer.save(out / TOKENIZER)
-    model = GPT(config).to(args.device)
-    print(f"model: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, context {config.n_positions}: "
-          f"{config.parameter_count:,} parameters; {loop.steps} steps of "
-          f"{loop.batch * loop.accumulate * args.block:,} tokens; {torch.get_num_threads()} threads, {args.dtype}")
-    print(f"writing to {out}")
-    try:
-        history = train(model, TokenWindows(train_ids, args.block, seed=args.seed),
-                        TokenWindows(held_ids, args.block, seed=0), loop, state_path=out / STATE,
-                        resume=args.resume, report=Progress(loop.steps))
+        history = train(model, TokenWindows(corpus.train, args.block, seed=args.seed),
+                        TokenWindows(corpus.held_out, args.block, seed=0), loop, state_path=out / STATE,
+                        resume=args.resume, report=Progress(loop.steps) if ranks.writer else lambda record: None,
+                        ranks=ranks)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; {out / STATE} holds the last saved step (every --save-every {loop.save_every}): "
-              f"continue with --resume --out {out}", file=sys.stderr)
+        say(f"\ninterrupted; {out / STATE} holds the last saved step (every --save-every {loop.save_every}): "
+            f"continue with --resume --out {out}", file=sys.stderr)
         return 130
+    if not ranks.writer:
+        return 0
 
-    held_out_nats = history[-1]["held_out"]
-    unigram = unigram_loss(train_ids, held_ids, tokenizer.vocab_size)
-    held_bytes = len(held_out_text.encode("utf-8"))
+    held_out_nats, held_bytes = history[-1]["held_out"], corpus.info["bytes"]["held_out"]
+    unigram = unigram_loss(corpus.train, corpus.held_out, config.vocab_size)
     report = {"held_out_nats_per_token": held_out_nats,
-              "held_out_bits_per_byte": held_out_nats * len(held_ids) / held_bytes / math.log(2),
+              "held_out_bits_per_byte": held_out_nats * len(corpus.held_out) / held_bytes / math.log(2),
               "unigram_nats_per_token": unigram,
-              "unigram_bits_per_byte": unigram * len(held_ids) / held_bytes / math.log(2),
-              "held_out_tokens": len(held_ids), "held_out_bytes": held_bytes, "history": history}
-    save_gpt2(model.cpu(), out, eos_token_id=eot, overwrite=True)  # each file replaced whole
-    tokenizer.save(out)
+              "unigram_bits_per_byte": unigram * len(corpus.held_out) / held_bytes / math.log(2),
+              "held_out_tokens": len(corpus.held_out), "held_out_bytes": held_bytes, "history": history}
+    save_gpt2(model.cpu(), out, eos_token_id=corpus.info["eot_id"], overwrite=True)  # each file replaced whole
+    corpus.tokenizer.save(out)
     write_text_atomically(out / "training.json", json.dumps(report, indent=1) + "\n")
     print(f"\nheld out: {held_out_nats:.3f} nats/token, {report['held_out_bits_per_byte']:.3f} bits/byte; "
           f"unigram baseline {unigram:.3f} nats/token, {report['unigram_bits_per_byte']:.3f} bits/byte")
@@ -147,12 +161,13 @@ def output_directory(args: argparse.Namespace) -> Path:
     out = home_expanded(Path(args.out), "--out")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    held = [name for name in CHECKPOINT_FILES + [STATE, TOKENIZER] if (out / name).exists()]
+    held = [name for name in CHECKPOINT_FILES + [STATE, CORPUS] if (out / name).exists()]
     if out.resolve() == SHIPPED.resolve() and not args.overwrite:
         raise ValueError(f"--out {out} is the model shipped with minigpt; pass --overwrite to replace it "
                          "(git checkout weights/shakespeare brings it back)")
     if args.resume:
-        missing = [name for name in (STATE, TOKENIZER) if not (out / name).exists()]
+        run_files = [STATE] if args.data else [STATE, CORPUS]
+        missing = [name for name in run_files if not (out / name).exists()]
         if missing:
             raise ValueError(f"--resume: {out} holds no run to continue (no {' or '.join(missing)})")
     elif held and not args.overwrite:
@@ -161,42 +176,45 @@ def output_directory(args: argparse.Namespace) -> Path:
     return out
 
 
-def corpus(args: argparse.Namespace) -> tuple[str, str, str]:
-    """(training text, held-out text, a description). Documents are joined by <|endoftext|>."""
-    if args.text_file is None:
-        train_plays, held_plays = split_by_play(shakespeare(), HELD_OUT)
-        return ("<|endoftext|>".join(train_plays.values()), "<|endoftext|>".join(held_plays.values()),
-                f"Shakespeare, {len(train_plays)} plays for training, held out: {', '.join(held_plays)}")
+def corpus_directory(args: argparse.Namespace, out: Path) -> Path:
+    """The prepared corpus to train on: --data; a resumed run's own; or the text tokenized now, into a
+    temporary directory, checked, and only then moved into --out (rank 0 does this; the others wait)."""
+    if args.data is not None:
+        if args.text is not None or args.tokenizer is not None:
+            raise ValueError("--data is a corpus already tokenized: give it without --text or --tokenizer")
+        corpus = checked_corpus(home_expanded(Path(args.data), "--data"), args)
+        make_directory(out, "--out")
+        return corpus
+    if args.resume:
+        return checked_corpus(out / CORPUS, args)
+    scratch = Path(tempfile.mkdtemp(prefix="minigpt-corpus-"))
     try:
-        text = Path(args.text_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"--text-file {args.text_file}: {getattr(err, 'strerror', None) or err}") from None
-    cut = int(len(text) * 0.95)
-    return text[:cut], text[cut:], f"{args.text_file}, its last 5% held out"
+        prepare_from(args, scratch, progress=Tokenizing())
+        print(file=sys.stderr)
+        checked_corpus(scratch, args)
+        make_directory(out, "--out")
+        shutil.rmtree(out / CORPUS, ignore_errors=True)  # an earlier run's, which --overwrite replaces
+        shutil.move(scratch, out / CORPUS)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out / CORPUS
 
 
-def tokenizer_for(text: str, args: argparse.Namespace, out: Path) -> Tokenizer:
-    """A resumed run keeps the tokenizer it was started with; a new run learns one (written to --out
-    only once everything is checked)."""
-    if not args.resume:
-        return Tokenizer.train(text, args.vocab_size)
-    saved = out / TOKENIZER
-    tokenizer = option(Tokenizer.from_files, "--resume", saved / "vocab.json", saved / "merges.txt")
-    if tokenizer.vocab_size != args.vocab_size:
-        raise ValueError(f"--resume: the run in {out} has a vocabulary of {tokenizer.vocab_size}, not --vocab-size {args.vocab_size}")
-    return tokenizer
+def checked_corpus(directory: Path, args: argparse.Namespace) -> Path:
+    corpus = TokenCorpus.open(directory)
+    for name, tokens in (("training", corpus.train), ("held-out", corpus.held_out)):
+        if len(tokens) < args.block + 1:
+            raise ValueError(f"the {name} text is {len(tokens)} tokens, too short for --block {args.block}: a window "
+                             f"needs {args.block + 1}; give a longer text or a smaller --block")
+    return directory
 
 
-def stream(tokenizer: Tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, allow_special=True)
-
-
-def unigram_loss(train_ids: torch.Tensor, held_ids: torch.Tensor, vocab_size: int) -> float:
+def unigram_loss(train_ids: np.ndarray, held_ids: np.ndarray, vocab_size: int) -> float:
     """Held-out nats per token of the model that ignores context: each token's training frequency
-    (add-one smoothed, so an unseen token is not infinitely surprising)."""
-    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1
+    (add-one smoothed, so an unseen token is not infinitely surprising) over the first training tokens."""
+    counts = torch.from_numpy(np.bincount(train_ids[:UNIGRAM_TOKENS], minlength=vocab_size)).double() + 1
     logp = (counts / counts.sum()).log()
-    return float(-logp[held_ids].mean())
+    return float(-logp[torch.from_numpy(held_ids.astype(np.int64))].mean())
 
 
 class Progress:

@@ -88,8 +88,8 @@ def test_an_interrupted_run_leaves_the_checkpoint_whole_and_resumes(shipped_copy
     assert "Traceback" not in err and f"continue with --resume --out {shipped_copy}" in err
     after = fingerprint(shipped_copy)
     assert {name: after[name] for name in before} == before  # the old checkpoint, byte for byte
-    assert set(after) - set(before) == {"training-state.pt", "training-tokenizer/vocab.json",
-                                        "training-tokenizer/merges.txt"}  # the run's own files, nothing half-written
+    assert set(after) - set(before) == {"training-state.pt", *(f"training-corpus/{name}" for name in (
+        "train.bin", "held_out.bin", "corpus.json", "vocab.json", "merges.txt"))}  # the run's own, none half-written
 
     done = train(*arguments, "--resume")
     assert done.returncode == 0, done.stderr

@@ -10,6 +10,8 @@ not listed (or a listed one that left the README) fails the first test. What cha
   environment, so the test runs X; `.venv/bin/python` is this interpreter.
 - the test command itself: collected (`--collect-only`), not run again from inside the suite;
 - training: `--steps 2` instead of thousands, into a copy of the shipped model instead of it;
+- torchrun: `python -m torch.distributed.run` (the same program), and the 8-GPU run as two CPU
+  processes on one tiny layer, its corpus prepared from the README's text, not OpenWebText;
 - benchmarks: the tiny preset and one short turn, not ten minutes of measurement.
 """
 
@@ -42,8 +44,16 @@ SHIPPED_TRAINING = (
     '.venv/bin/pip install -q -e ".[train]" && .venv/bin/python scripts/train.py --out weights/shakespeare --overwrite '
     "--n-layer 4 --n-head 4 --n-embd 160 --block 256 --vocab-size 2048 --dropout 0.1 --dtype bfloat16 --steps 4000 "
     "--lr 2e-3 --min-lr 2e-4 --warmup 200 --eval-every 500 --save-every 500")
-OWN_TRAINING = (".venv/bin/python scripts/train.py --text-file my_text.txt --n-layer 2 --n-head 2 --n-embd 64 --block 64 "
+OWN_TRAINING = (".venv/bin/python scripts/train.py --text my_text.txt --n-layer 2 --n-head 2 --n-embd 64 --block 64 "
                 "--vocab-size 512 --steps 300 --out my-model")
+PREPARE = ".venv/bin/python scripts/prepare.py --text my_text.txt --out my-corpus --vocab-size 512"
+TWO_PROCESSES = (".venv/bin/torchrun --standalone --nproc_per_node 2 scripts/train.py --data my-corpus --out my-model-2 "
+                 "--n-layer 2 --n-head 2 --n-embd 64 --block 64 --steps 300")
+PREPARE_OWT = ".venv/bin/python scripts/prepare.py --text openwebtext/ --tokenizer gpt2 --out data/owt"
+EIGHT_GPUS = (".venv/bin/torchrun --standalone --nproc_per_node 8 scripts/train.py --data data/owt --out gpt2-owt "
+              "--n-layer 12 --n-head 12 --n-embd 768 --block 1024 --batch 16 --accumulate 4 --dtype bfloat16 --compile "
+              "--steps 17000 --lr 6e-4 --min-lr 6e-5 --warmup 700 --eval-every 1000 --save-every 1000")
+TORCHRUN = ".venv/bin/python -m torch.distributed.run"  # torchrun, as this interpreter runs it
 GENERATE = '.venv/bin/python scripts/generate.py --prompt "ROMEO:" --decoder {} --max-new-tokens 40 --top-p 0.9 --seed 1'
 DECODERS = ["greedy", "beam", "sample", "contrastive"]
 
@@ -57,14 +67,23 @@ COMMANDS = {
     ".venv/bin/python scripts/heads.py --text-file my_text.txt    # importance, then prune 10% a round, loss each round":
         None,
     OWN_TRAINING: OWN_TRAINING.replace("--steps 300", "--steps 2"),
+    PREPARE: None,
+    TWO_PROCESSES: TWO_PROCESSES.replace(".venv/bin/torchrun", TORCHRUN).replace("--steps 300", "--steps 2"),
+    # the corpus: the README for OpenWebText; the model: 8 GPUs' run, two processes on the CPU, one tiny layer
+    PREPARE_OWT: PREPARE_OWT.replace("openwebtext/", "my_text.txt"),
+    EIGHT_GPUS: EIGHT_GPUS.replace(".venv/bin/torchrun", TORCHRUN).replace("--nproc_per_node 8", "--nproc_per_node 2")
+    .replace("--n-layer 12 --n-head 12 --n-embd 768 --block 1024 --batch 16", "--n-layer 1 --n-head 2 --n-embd 16 --block 32 "
+             "--batch 2").replace("--steps 17000", "--steps 2").replace("--warmup 700 --eval-every 1000 --save-every 1000",
+                                                                        "--warmup 1 --eval-every 1 --save-every 1"),
     '.venv/bin/python scripts/generate.py --weights my-model --prompt "The" --max-new-tokens 20': None,
     **{GENERATE.format(decoder): None for decoder in DECODERS},
     ".venv/bin/python scripts/bench.py --repeats 3": ".venv/bin/python scripts/bench.py --preset tiny --repeats 1 "
     "--new-tokens 4 --prefill-tokens 16 --no-compile",
-    ".venv/bin/python scripts/bench_train.py": ".venv/bin/python scripts/bench_train.py --steps 4 --rounds 1 --batch 2",
+    ".venv/bin/python scripts/bench_train.py": ".venv/bin/python scripts/bench_train.py --steps 4 --rounds 1 --batch 2 "
+    "--no-compile",
 }
 NEEDS = {'.venv/bin/python scripts/generate.py --weights my-model --prompt "The" --max-new-tokens 20':
-         [OWN_TRAINING]}  # a command that reads what an earlier one wrote runs after it, in the same directory
+         [OWN_TRAINING], TWO_PROCESSES: [PREPARE], EIGHT_GPUS: [PREPARE_OWT]}  # a command that reads what an earlier one wrote runs after it, in the same directory
 
 
 def test_every_readme_command_is_run_by_this_test():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig, Tokenizer
-from minigpt.training import TokenWindows, TrainConfig, make_optimizer
+from minigpt.training import Document, TokenWindows, TrainConfig, make_optimizer, prepare
 from minigpt.training.state import save_state
 from weights import save_gpt2
 
@@ -47,9 +47,10 @@ def small_vocabulary(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, text_file):
     """Run directories train.py --resume must refuse: a corrupt state, one saved by a model of another
-    shape, one that lacks keys, and one whose tokenizer is gone; each otherwise like RUN's run."""
+    shape, one that lacks keys, and one whose corpus is gone; each otherwise like RUN's run."""
     root = tmp_path_factory.mktemp("runs")
-    tokenizer = Tokenizer.train(text_file.read_text()[: int(len(text_file.read_text()) * 0.95)], 300)
+    text = text_file.read_text()
+    tokenizer = Tokenizer.train(text[: int(len(text) * 0.95)], 300)
     config = TrainConfig(steps=5, batch=2)
     other = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=300, n_positions=32))
     states = {
@@ -57,14 +58,13 @@ def runs(tmp_path_factory, text_file):
         "foreign": lambda path: save_state(path, other, make_optimizer(other, config), TokenWindows(
             torch.arange(100), 32, 0), 2, [], config),
         "incomplete": lambda path: torch.save({"model": {}, "step": 2, "config": dataclasses.asdict(config)}, path),
-        "no-tokenizer": lambda path: path.write_bytes(b""),
+        "no-corpus": lambda path: path.write_bytes(b""),
     }
     for name, write in states.items():
-        (root / name / "training-tokenizer").mkdir(parents=True)
-        if name != "no-tokenizer":
-            tokenizer.save(root / name / "training-tokenizer")
-        else:
-            (root / name / "training-tokenizer").rmdir()
+        (root / name).mkdir()
+        if name != "no-corpus":
+            prepare([Document(None, [text])], tokenizer, root / name / "training-corpus", total_bytes=len(text),
+                    held_out=0.05)
         write(root / name / "training-state.pt")
     return root
 
@@ -154,7 +154,16 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("heads.py", [W, "{ckpt}", "--rounds", "0"], "argument --rounds: must be an integer >= 1"),
     ("heads.py", [W, "{ckpt}", "--fast", "int8"], "int8 weights are for inference"),
     ("train.py", ["--out", "{ckpt}/config.json"], "--out "),
-    ("train.py", ["--text-file", "/nonexistent.txt"], "--text-file /nonexistent.txt: No such file"),
+    ("train.py", ["--text-file", "/nonexistent.txt"], "--text: /nonexistent.txt: no such file or directory"),
+    ("train.py", ["--data", "{empty}"], "is not a prepared corpus (scripts/prepare.py writes one): it has no corpus.json"),
+    ("train.py", ["--data", "{runs}/corrupt/training-corpus", "--text", "{text}"], "--data is a corpus already tokenized"),
+    ("prepare.py", ["--out", "{ckpt}"], "is not empty (config.json, model.safetensors); give a new directory"),
+    ("prepare.py", ["--out", "{empty}/new", "--text", "/nonexistent"], "--text: /nonexistent: no such file or directory"),
+    ("prepare.py", ["--out", "{empty}/new", "--text", "{binary}"], "is not UTF-8 text (invalid start byte"),
+    ("prepare.py", ["--out", "{empty}/new", "--held-out", "0.9"], "--held-out must be in (0, 0.5], got 0.9"),
+    ("prepare.py", ["--out", "{empty}/new", "--tokenizer", "/nonexistent"], "--tokenizer: "),
+    ("prepare.py", ["--vocab-size", "3"], "the following arguments are required: --out"),
+    ("prepare.py", ["--out", "/proc/forbidden/corpus"], "--out /proc/forbidden/corpus: "),
     ("train.py", ["--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
     ("train.py", ["--device", "banana"], "--device: device 'banana' is not a device name"),
     ("train.py", ["--n-embd", "10", "--n-head", "3", "--text-file", "{text}"], "--n-embd (10) must be divisible by --n-head (3)"),
@@ -168,7 +177,7 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("train.py", ["--resume", "--out", "{runs}/corrupt", *RUN], "it is not a training state this loop wrote"),
     ("train.py", ["--resume", "--out", "{runs}/foreign", *RUN], "it was saved by a model of another shape"),
     ("train.py", ["--resume", "--out", "{runs}/incomplete", *RUN], "the state is incomplete, it lacks optimizer"),
-    ("train.py", ["--resume", "--out", "{runs}/no-tokenizer", *RUN], "holds no run to continue (no training-tokenizer)"),
+    ("train.py", ["--resume", "--out", "{runs}/no-corpus", *RUN], "holds no run to continue (no training-corpus)"),
     ("train.py", ["--resume", *RUN], "--resume needs --out"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--num-return-sequences", "3"],
      "--num-return-sequences 3: greedy writes one continuation per prompt"),
@@ -181,7 +190,9 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("script, arguments, expected", BAD_ARGUMENTS)
 def test_a_user_error_is_one_error_line_and_exit_status_2(checkpoint, small_vocabulary, text_file, runs, tmp_path,
                                                          script, arguments, expected):
-    places = dict(ckpt=checkpoint, tiny=small_vocabulary, text=text_file, empty=tmp_path, runs=runs)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"plain text, then \xff\xfe, which UTF-8 never writes")
+    places = dict(ckpt=checkpoint, tiny=small_vocabulary, text=text_file, empty=tmp_path, runs=runs, binary=binary)
     filled = [a.format(**places) if isinstance(a, str) else a for a in arguments]
     done = launch(script, *filled)
     err = done.stderr.decode(errors="replace")

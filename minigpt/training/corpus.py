@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.metadata
 import re
 
+from .token_file import Document
+
 # A markdown line -> plain text, in order: headings lose their #, a speaker's bold name becomes
 # "NAME:", an italic stage direction loses its underscores, escapes their backslash.
 MARKUP = [
@@ -53,3 +55,10 @@ def split_by_play(plays: dict[str, str], held_out: list[str]) -> tuple[dict[str,
         raise ValueError(f"no play named {unknown[0]!r}; the plays are {', '.join(sorted(plays))}")
     return ({name: text for name, text in plays.items() if name not in held_out},
             {name: text for name, text in plays.items() if name in held_out})
+
+
+def shakespeare_documents(held_out: list[str]) -> list[Document]:
+    """The plays as documents for `token_file.prepare`: the training plays, then the held-out ones."""
+    training, held = split_by_play(shakespeare(), held_out)
+    return ([Document("train", [text]) for text in training.values()] +
+            [Document("held_out", [text]) for text in held.values()])
