@@ -85,8 +85,9 @@ def prepare_from(args: argparse.Namespace, out: Path, progress: Callable[[int], 
         total = sum(f.stat().st_size for f in files)
         documents, held_out, sources = lambda: text_file_documents(files), args.held_out, [str(f) for f in files]
     make_directory(out, "--out")
-    return prepare_corpus(documents, out, tokenizer, vocab_size=args.vocab_size, learn_chars=args.learn_chars,
-                          total_bytes=total, held_out=held_out, sources=sources, progress=lambda done: progress(done, total))
+    return prepare_corpus(documents, out, tokenizer, tokenizer_made=f"given: {args.tokenizer}", vocab_size=args.vocab_size,
+                          learn_chars=args.learn_chars, total_bytes=total, held_out=held_out, sources=sources,
+                          progress=lambda done: progress(done, total))
 
 
 class Progress:

@@ -79,7 +79,7 @@ def split_pieces(documents: Iterable[Document], mark: float) -> Iterator[tuple[s
 
 
 def prepare(documents: Iterable[Document], tokenizer: Tokenizer, out: Path, *, total_bytes: int = 0,
-            held_out: float = 0.0, sources: list[str] | None = None,
+            held_out: float = 0.0, sources: list[str] | None = None, tokenizer_made: str = "given",
             progress: Callable[[int], None] = lambda done: None) -> dict:
     """Tokenize `documents` into the token files in `out`; returns what corpus.json says.
     held_out: the share of `total_bytes` at the end that documents without a split give to
@@ -114,7 +114,8 @@ def prepare(documents: Iterable[Document], tokenizer: Tokenizer, out: Path, *, t
     for file in files.values():
         file.close()
     info = {"format": FORMAT, "dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eot_id": eot,
-            "tokens": counts, "documents": documents_in, "bytes": sizes, "sources": sources or []}
+            "tokenizer": {"files": ["vocab.json", "merges.txt"], "made": tokenizer_made},
+            "tokens": counts, "documents": documents_in, "bytes": sizes, "held_out": held_out, "sources": sources or []}
     for split in SPLITS:  # renamed only now: a failed run leaves no token file that looks whole
         partial[split].replace(out / f"{split}.bin")
     tokenizer.save(out)
@@ -236,13 +237,14 @@ def _jsonl_texts(path: Path) -> Iterator[str]:
 
 
 def prepare_corpus(documents: Callable[[], Iterable[Document]], out: Path, tokenizer: Tokenizer | None, *,
-                   vocab_size: int = 2048, learn_chars: int = 1 << 24, total_bytes: int = 0, held_out: float = 0.0,
+                   tokenizer_made: str = "given", vocab_size: int = 2048, learn_chars: int = 1 << 24, total_bytes: int = 0, held_out: float = 0.0,
                    sources: list[str] | None = None, progress: Callable[[int], None] = lambda done: None) -> dict:
     """`prepare`, with a tokenizer learned first when none is given: a byte-level BPE of `vocab_size`
     tokens learned from the first `learn_chars` characters of the training text. `documents` is
-    called once for each pass over the text."""
+    called once for each pass over the text; `tokenizer_made` says where a given tokenizer came from."""
     if tokenizer is None:
         text = learning_text(documents(), learn_chars, total_bytes=total_bytes, held_out=held_out)
         tokenizer = Tokenizer.train(text, vocab_size)
+        tokenizer_made = f"learned: a byte-level BPE from the first {len(text):,} characters of the training text"
     return prepare(documents(), tokenizer, out, total_bytes=total_bytes, held_out=held_out, sources=sources,
-                   progress=progress)
+                   tokenizer_made=tokenizer_made, progress=progress)
