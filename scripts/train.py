@@ -109,6 +109,9 @@ def train_run(args: argparse.Namespace, ranks: Ranks, device: str) -> int:
                        save_every=args.save_every, dtype=args.dtype, compile=args.compile)
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
                        n_positions=args.block, dropout=args.dropout)  # checked (--dropout too) before any work is done
+    if ranks.machines and args.data is None:
+        raise ValueError("on several machines, give --data: a corpus scripts/prepare.py wrote where every machine "
+                         "reads it (rank 0 alone would tokenize the text, on its own disk)")
     out = ranks.agree(output_directory(args))
     say = print if ranks.writer else lambda *words, **where: None
     corpus = TokenCorpus.open(ranks.on_writer(lambda: corpus_directory(args, out)))

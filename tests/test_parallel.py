@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minigpt.training import Ranks
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
 TEXT = "To be, or not to be, that is the question. Whether tis nobler in the mind to suffer.\n" * 300
@@ -92,3 +94,14 @@ def test_what_cannot_continue_exactly_is_refused(tmp_path):
     assert other_split.returncode == 2 and "dropout" in other_split.stderr
     other_batch = alone(WORKER, tmp_path, "--resume")  # one process, batch 2: half the global batch
     assert other_batch.returncode == 2 and "global batch" in other_batch.stderr
+
+
+def test_several_machines_need_a_prepared_corpus_every_machine_reads(monkeypatch):
+    """Rank 0 would tokenize the text on its own disk, where the other machines' ranks cannot read it."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import train as script
+
+    args = script.parser().parse_args(["--out", "anywhere"])
+    two_machines = Ranks(rank=0, count=4, local_rank=0, local_count=2)
+    with pytest.raises(ValueError, match="on several machines, give --data"):
+        script.train_run(args, two_machines, "cpu")

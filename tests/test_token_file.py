@@ -129,10 +129,12 @@ def test_a_corpus_larger_than_the_memory_bound_trains(tmp_path):
         file.truncate(4 << 30)  # 2**31 tokens: zeros after the text, no disk used
     info["tokens"]["train"] = (4 << 30) // 2
     (corpus / "corpus.json").write_text(json.dumps(info))
-    measure = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, str(sys.argv[0]).rsplit('/', 1)[0])\n"
-               "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as done:\n"
-               "    print('max rss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
-               "    raise")
+    # VmHWM, the peak resident memory of this program's own address space; not getrusage's ru_maxrss,
+    # which a child inherits from the parent it was forked from (here, a pytest worker that may hold GBs)
+    measure = ("import re, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, sys.argv[0].rsplit('/', 1)[0])\n"
+               "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n"
+               "    peak = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+               "    print('max rss', int(peak) * 1024, file=sys.stderr)\n    raise")
     done = subprocess.run([sys.executable, "-c", measure, str(ROOT / "scripts" / "train.py"), "--data", str(corpus),
                            "--out", str(tmp_path / "model"), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
                            "--block", "32", "--steps", "30", "--eval-every", "30", "--batch", "8"],

@@ -28,13 +28,15 @@ class Ranks:
     rank: int = 0  # this process, 0 .. count - 1; rank 0 prints and writes
     count: int = 1  # processes in the group (torchrun's WORLD_SIZE)
     local_rank: int = 0  # this process on its machine: which GPU it drives
+    local_count: int = 1  # processes on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @classmethod
     def from_env(cls, device_type: str) -> Ranks:
         """The group torchrun started this process in, joined; one process alone without torchrun."""
         if "WORLD_SIZE" not in os.environ:
             return cls()
-        ranks = cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+        ranks = cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+                    int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
         if ranks.count > 1 and not dist.is_initialized():
             if device_type == "cuda":
                 torch.cuda.set_device(ranks.local_rank)
@@ -44,6 +46,11 @@ class Ranks:
     @property
     def writer(self) -> bool:
         return self.rank == 0
+
+    @property
+    def machines(self) -> bool:
+        """Whether the processes span several machines (torchrun --nnodes)."""
+        return self.count > self.local_count
 
     def device(self, device: str) -> str:
         """Each process drives its own GPU: cuda:LOCAL_RANK."""
