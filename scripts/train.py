@@ -172,7 +172,8 @@ def output_directory(args: argparse.Namespace) -> Path:
         run_files = [STATE] if args.data else [STATE, CORPUS]
         missing = [name for name in run_files if not (out / name).exists()]
         if missing:
-            raise ValueError(f"--resume: {out} holds no run to continue (no {' or '.join(missing)})")
+            hint = "; a run started with --data resumes with the same --data" if missing == [CORPUS] else ""
+            raise ValueError(f"--resume: {out} holds no run to continue (no {' or '.join(missing)}){hint}")
     elif held and not args.overwrite:
         raise ValueError(f"--out {out} already holds a checkpoint or a run ({', '.join(held)}); pass --overwrite "
                          "to replace it when this run ends, --resume to continue its run, or another --out")
