@@ -311,12 +311,7 @@ def add_output_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
-    directory = Path(args.out_dir)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out-dir {directory}: {err.strerror or err}") from None
-    return directory
+    return make_directory(Path(args.out_dir), "--out-dir")
 
 
 def make_directory(path: Path, flag: str) -> Path:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from minigpt import Tokenizer
 from minigpt.tokenizer import END_OF_TEXT
 from minigpt.training import Document, TokenCorpus, TokenWindows, prepare, shakespeare, split_by_play
-from minigpt.training.token_file import stable_pieces, text_file_documents
+from minigpt.training.token_file import learning_text, stable_pieces, text_file_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2 = Tokenizer.gpt2()
@@ -76,6 +76,21 @@ def test_a_jsonl_file_is_one_document_a_line(tmp_path):
     corpus = TokenCorpus.open(tmp_path / "corpus")
     assert read(corpus, "train") == END_OF_TEXT.join(line["text"] for line in lines)
     assert corpus.info["documents"] == {"train": 3, "held_out": 0}
+
+
+def test_a_jsonl_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl is not UTF-8 text"):
+        list(text_file_documents([tmp_path / "bad.jsonl"]))
+
+
+def test_the_tokenizer_learns_from_the_first_characters_without_reading_on():
+    def documents():
+        yield Document("train", ["a" * 300])
+        yield Document("train", ["b" * 300])
+        raise AssertionError("read past the limit")
+
+    assert learning_text(documents(), 400) == "a" * 300 + END_OF_TEXT + "b" * 100
 
 
 def test_shakespeare_through_the_token_files_equals_the_text_tokenized_whole(tmp_path):

@@ -99,11 +99,6 @@ class Ranks:
             raise ValueError(error)
         return result
 
-    def wait(self) -> None:
-        """Until every rank gets here (rank 0 has written what the others read)."""
-        if self.count > 1:
-            dist.barrier()
-
     def close(self) -> None:
         if self.count > 1 and dist.is_initialized():
             dist.destroy_process_group()

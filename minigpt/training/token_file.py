@@ -129,9 +129,11 @@ def learning_text(documents: Iterable[Document], limit: int, *, total_bytes: int
     texts: dict[int, list[str]] = {}
     size = 0
     for split, piece, number in split_pieces(documents, _mark(total_bytes, held_out)):
-        if split == "train" and size < limit:
+        if split == "train":
             texts.setdefault(number, []).append(piece[: limit - size])
             size += len(texts[number][-1])
+            if size >= limit:
+                break  # the rest of the corpus is not read
     return END_OF_TEXT.join("".join(pieces) for pieces in texts.values())
 
 
@@ -176,7 +178,8 @@ class TokenCorpus:
                              f"its tokenizer has {tokenizer.vocab_size}")
         streams = {}
         for split in SPLITS:
-            path, count = directory / f"{split}.bin", info["tokens"].get(split) if isinstance(info.get("tokens"), dict) else None
+            path, tokens = directory / f"{split}.bin", info.get("tokens")
+            count = tokens.get(split) if isinstance(tokens, dict) else None
             if not path.is_file() or not isinstance(count, int) or path.stat().st_size != count * dtype.itemsize:
                 raise ValueError(f"{where}: {path.name} does not hold the {count} tokens corpus.json counts")
             # an empty file cannot be mapped; an empty split is refused by whoever needs its windows
@@ -224,21 +227,28 @@ def _read_chunks(path: Path, size: int = 1 << 20) -> Iterator[str]:
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise ValueError(f"{path}, line {number}: not JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f'{path}, line {number}: a .jsonl corpus needs {{"text": "..."}} on every line')
-            yield record["text"]
+        try:
+            for number, line in enumerate(file, 1):
+                if line.strip():
+                    yield _jsonl_text(path, number, line)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text ({err.reason} near byte {file.buffer.tell()})") from None
+
+
+def _jsonl_text(path: Path, number: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise ValueError(f"{path}, line {number}: not JSON") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f'{path}, line {number}: a .jsonl corpus needs {{"text": "..."}} on every line')
+    return record["text"]
 
 
 def prepare_corpus(documents: Callable[[], Iterable[Document]], out: Path, tokenizer: Tokenizer | None, *,
-                   tokenizer_made: str = "given", vocab_size: int = 2048, learn_chars: int = 1 << 24, total_bytes: int = 0, held_out: float = 0.0,
-                   sources: list[str] | None = None, progress: Callable[[int], None] = lambda done: None) -> dict:
+                   tokenizer_made: str = "given", vocab_size: int = 2048, learn_chars: int = 1 << 24,
+                   total_bytes: int = 0, held_out: float = 0.0, sources: list[str] | None = None,
+                   progress: Callable[[int], None] = lambda done: None) -> dict:
     """`prepare`, with a tokenizer learned first when none is given: a byte-level BPE of `vocab_size`
     tokens learned from the first `learn_chars` characters of the training text. `documents` is
     called once for each pass over the text; `tokenizer_made` says where a given tokenizer came from."""
