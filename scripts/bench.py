@@ -1,26 +1,40 @@
 #!/usr/bin/env python
-"""Tokens per second of minigpt's decoders, of transformers' generate() and of CTranslate2, measured
-in the same run on the same random weights, with each one's ratio to transformers (> 1: faster).
+"""Tokens per second of minigpt's decoders, of transformers' generate(), of CTranslate2 and of ONNX
+Runtime, measured in the same run on the same random weights, with each one's ratio to
+transformers (> 1: faster); then what bounds batch 1, and how often each format's greedy tokens
+equal float32's.
 
     python scripts/bench.py                  # GPT-2 124M shape, CPU (or CUDA if present)
     python scripts/bench.py --device cuda --dtype float16
 
 Columns: minigpt as loaded; minigpt.fast.optimize with float32, bfloat16 and int8 weights; on the
-CPU also the float32 fast model with its step compiled (compile_step), and CTranslate2 float32 and
-int8 (the same checkpoint through its transformers converter; `pip install -e ".[bench]"`). Each
-case runs once to warm up, then `--repeats` times, the engines taking turns; the median counts.
-Then what bounds batch 1: the bytes of weights a step reads, against the measured read bandwidth.
+CPU also each of those with its batch-1 step compiled (compile_step); CTranslate2 float32 and
+int8 (the same checkpoint through its transformers converter) and ONNX Runtime float32 and int8
+(our GPT exported with a KV cache, int8 by ONNX Runtime's dynamic quantization): the `bench`
+extra, `pip install -e ".[bench]"`. Each case runs once to warm up, then `--repeats` times, the
+engines taking turns; the median counts.
+
+What bounds batch 1: the bytes a step reads (every weight matrix, in its format), and how long
+reading exactly those tensors takes, in a step's order: each is read from memory, not from a
+cache, as in a real step (together they are many times the caches' size). A step's time over
+that reading time is its share of the bound.
+
+Agreement: greedy tokens at batch 1 from `--agreement-prompts` prompts, compared with minigpt's
+float32 as loaded, on the random weights and on the model in the box (trained weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import importlib.util
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,12 +43,15 @@ import torch
 
 import decoders
 from common import (DTYPES, Parser, add_threads_argument, machine_line, option, positive_int, random_gpt2_checkpoint, run,
-                    seconds)
+                    seconds, table)
 from minigpt import Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
 from minigpt.fast import WEIGHT_FORMATS, compile_step, optimize
-from weights import load_gpt2
+from minigpt.fast.int8 import Int8Linear, Int8TokenEmbedding
+from minigpt.fast.packed import PackedLinear, PackedTokenEmbedding
+from minigpt.training.corpus import shakespeare
+from weights import SHAKESPEARE, load_gpt2, load_tokenizer
 
 
 def timed(runs: list, device: str, repeats: int) -> list[float]:
@@ -57,26 +74,31 @@ def timed(runs: list, device: str, repeats: int) -> list[float]:
 
 
 class Worker:
-    """An engine in a process of its own, timing itself: a case per line to its stdin (JSON), the
-    seconds it took back on its stdout. Used for transformers 4.55.4 (which needs its own import
-    path) and for CTranslate2 (whose threads slow any engine beside them in one process)."""
+    """An engine in a process of its own, timing itself: a case per line to its stdin (JSON), back
+    on its stdout {"seconds"} and, from the CTranslate2 and ONNX Runtime workers, {"tokens"} it
+    chose. Used for transformers 4.55.4 (which needs its own import path), CTranslate2 and ONNX
+    Runtime (whose thread pools slow any engine beside them in one process)."""
 
-    def __init__(self, command: list[str], env: dict | None = None):
+    def __init__(self, command: list[str], env: dict | None = None, beams: bool = False):
+        self.beams = beams  # whether it runs beam search (our ONNX Runtime loop is greedy only)
         self.process = subprocess.Popen([sys.executable, *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=env)
 
+    def ask(self, case: dict) -> dict:
+        self.process.stdin.write(json.dumps(case) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the benchmark worker {self.process.args[1]} stopped")
+        return json.loads(answer)
+
     def job(self, case: dict):
         """A run for `timed`, which takes the seconds the worker reports (no pipe overhead counted)."""
-        line = json.dumps(case) + "\n"
+        return lambda: float(self.ask(case)["seconds"])
 
-        def once() -> float:
-            self.process.stdin.write(line)
-            self.process.stdin.flush()
-            answer = self.process.stdout.readline()
-            if not answer:
-                raise RuntimeError(f"the benchmark worker {self.process.args[1]} stopped")
-            return float(answer)
-        return once
+    def greedy(self, ids: torch.Tensor, new_tokens: int) -> list[int]:
+        """The tokens it chooses greedily after one prompt (1 t)."""
+        return self.ask({"input_ids": ids.tolist(), "new_tokens": new_tokens, "beam_size": 1})["tokens"][0]
 
 
 def legacy_worker(directory: Path, threads: int) -> Worker:
@@ -104,28 +126,47 @@ def write_ct2_tokenizer(directory: Path, vocab_size: int) -> None:
     (directory / "merges.txt").write_text("#version: 0.2\n")
 
 
-def ct2_worker(directory: Path, quantization: str, threads: int) -> Worker:
-    """CTranslate2's Generator on the same checkpoint (scripts/ct2_worker.py)."""
-    return Worker([str(Path(__file__).with_name("ct2_worker.py")), str(directory), quantization, str(threads)])
+def peer_workers(directory: Path, vocab_size: int, threads: int) -> dict[str, Worker]:
+    """CTranslate2's Generator and ONNX Runtime on the checkpoint, float32 and int8 each, where
+    installed (scripts/ct2_worker.py, ort_worker.py). CTranslate2's converter reads tokenizer files
+    beside the weights: written into a copy, so a checkpoint's own are never touched."""
+    engines = {}
+    if importlib.util.find_spec("ctranslate2") is not None:
+        copy = Path(tempfile.mkdtemp(prefix="minigpt-ct2-checkpoint-"))
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)
+        for name in ("config.json", "model.safetensors"):
+            (copy / name).symlink_to((directory / name).resolve())
+        write_ct2_tokenizer(copy, vocab_size)
+        engines |= {f"CT2 {q}": Worker([str(Path(__file__).with_name("ct2_worker.py")), str(copy), q, str(threads)],
+                                       beams=True) for q in ("float32", "int8")}
+    if importlib.util.find_spec("onnxruntime") is not None:
+        engines |= {f"ORT {q}": Worker([str(Path(__file__).with_name("ort_worker.py")), str(directory), q, str(threads)])
+                    for q in ("float32", "int8")}
+    return engines
 
 
-def ct2_case(ids: torch.Tensor, new_tokens: int, beam_size: int = 1) -> dict:
+def peer_case(ids: torch.Tensor, new_tokens: int, beam_size: int = 1) -> dict:
     return {"input_ids": ids.tolist(), "new_tokens": new_tokens, "beam_size": beam_size}
 
 
-def read_bandwidth() -> float:
-    """Bytes per second this machine reads from memory: the best of 4 sums over 1 GiB."""
-    x = torch.ones(2**28)
-    best = min(seconds(x.sum) for _ in range(4))
-    return x.numel() * x.element_size() / best
+def step_tensors(model) -> list[torch.Tensor]:
+    """The weights a batch-1 decoding step of an optimized model reads, in a step's order: each
+    block's matrices as rows.cpp reads them (float32, bfloat16, or int8 blocks and their scales),
+    then the head. The embedding lookup reads a few rows, LayerNorms and biases are small."""
+    linears = [m for m in model.blocks.modules() if isinstance(m, (PackedLinear, Int8Linear))]
+    head = model.wte
+    if isinstance(head, PackedTokenEmbedding):
+        return [m.weight for m in linears] + [head.head]
+    if isinstance(head, Int8TokenEmbedding):
+        return [t for m in linears for t in m.blocks] + list(head.blocks)
+    raise ValueError(f"not an optimized CPU model: its head is {type(head).__name__}")
 
 
-def matrix_entries(model) -> int:
-    """How many weights a decoding step reads: the entries of every block's matrices and of the
-    head (the embedding lookup reads a few rows, LayerNorms and biases are small)."""
-    config = model.config
-    per_layer = config.n_embd * 3 * config.n_embd + config.n_embd * config.n_embd + 2 * config.n_embd * config.mlp_width
-    return config.n_layer * per_layer + config.vocab_size * config.n_embd
+def read_seconds(tensors: list[torch.Tensor], repeats: int = 5) -> float:
+    """The median time to read every byte of these tensors once, in order (an integer max over
+    each: no arithmetic to wait for, and no float values that could be slow to add)."""
+    words = [t.reshape(-1).view(torch.int32) for t in tensors]  # any dtype's bytes, 4 at a time
+    return statistics.median(seconds(lambda: [w.max() for w in words]) for _ in range(repeats))
 
 
 def parser() -> Parser:
@@ -137,8 +178,10 @@ def parser() -> Parser:
     parser.add_argument("--prompt-tokens", type=positive_int, default=32)
     parser.add_argument("--prefill-tokens", type=positive_int, default=512)
     parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled-step column (it compiles "
-                        "for a minute per batch size)")
+    parser.add_argument("--agreement-prompts", type=positive_int, default=20,
+                        help="prompts over which each format's greedy tokens are compared with float32's")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled-step columns (each "
+                        "compiles for half a minute)")
     add_threads_argument(parser)
     return parser
 
@@ -159,16 +202,13 @@ def main(args: argparse.Namespace) -> int:
     directory = random_gpt2_checkpoint(args.preset)
     dtype, cpu, threads = DTYPES[args.dtype], args.device == "cpu", torch.get_num_threads()
     ours = load_gpt2(directory, device=args.device, dtype=dtype)
-    models = {"minigpt": ours} | {f"fast {w}": optimize(load_gpt2(directory, device=args.device), weights=w)
-                                  for w in WEIGHT_FORMATS}
+    fast = {f"fast {w}": optimize(load_gpt2(directory, device=args.device), weights=w) for w in WEIGHT_FORMATS}
+    models = {"minigpt": ours} | fast
     if cpu and not args.no_compile:
-        models["fast float32, compiled"] = compile_step(optimize(load_gpt2(directory), weights="float32"))
-    engines = {}
-    if cpu and importlib.util.find_spec("ctranslate2") is None:
-        print('note: CTranslate2 columns left out; pip install -e ".[bench]" to add them')
-    elif cpu:
-        write_ct2_tokenizer(directory, ours.config.vocab_size)
-        engines = {f"CT2 {q}": ct2_worker(directory, q, threads) for q in ("float32", "int8")}
+        models |= {f"compiled {w}": compile_step(optimize(load_gpt2(directory), weights=w)) for w in WEIGHT_FORMATS}
+    engines = peer_workers(directory, ours.config.vocab_size, threads) if cpu else {}
+    if cpu and len(engines) < 4:
+        print('note: CTranslate2 or ONNX Runtime columns left out; pip install -e ".[bench]" to add them')
     theirs = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).to(args.device).eval()
     theirs.generation_config.eos_token_id = None  # random weights: never stop early, in any engine
     theirs.generation_config.pad_token_id = 0
@@ -185,13 +225,13 @@ def main(args: argparse.Namespace) -> int:
     legacy = legacy_worker(directory, threads) if cpu and dtype == torch.float32 else None
     long = torch.randint(0, config.vocab_size, (1, args.prefill_tokens), generator=g).to(args.device)
     seeded = torch.Generator(device=args.device)
-    cases = [  # name, generated tokens per run, how we run it on a model, transformers, CTranslate2 (or None)
+    cases = [  # name, generated tokens per run, how we run it on a model, transformers, a peer (or None)
         ("greedy, batch 1", n, lambda m: decoders.greedy(m, one, max_new_tokens=n), hf(one, do_sample=False),
-         lambda e: e.job(ct2_case(one, n))),
+         lambda e: e.job(peer_case(one, n))),
         ("greedy, batch 8", 8 * n, lambda m: decoders.greedy(m, eight, max_new_tokens=n), hf(eight, do_sample=False),
-         lambda e: e.job(ct2_case(eight, n))),
+         lambda e: e.job(peer_case(eight, n))),
         ("beam search, 4 beams", n, lambda m: decoders.beam_search(m, one, num_beams=4, max_new_tokens=n),
-         hf(one, do_sample=False, num_beams=4), lambda e: e.job(ct2_case(one, n, beam_size=4))),
+         hf(one, do_sample=False, num_beams=4), lambda e: e.job(peer_case(one, n, beam_size=4)) if e.beams else None),
         ("sampling, batch 1", n, lambda m: decoders.sample(m, one, max_new_tokens=n, generator=seeded.manual_seed(0)),
          hf(one, do_sample=True, top_k=0), None),
         (f"prefill, {args.prefill_tokens} tokens", args.prefill_tokens, lambda m: m(long),
@@ -216,35 +256,100 @@ def main(args: argparse.Namespace) -> int:
     columns = ["transformers", *models, *engines]
     width = max(16, *(len(name) + 2 for name in columns))
     print(f"{'case':<30}" + "".join(f"{name:>{width}}" for name in columns))
-    measured = {}
-    for name, tokens, ours_on, reference, engine_on in cases:
+    for name, tokens, ours_on, reference, peer_on in cases:
         runs = [reference] + [functools.partial(ours_on, m) for m in models.values()]
-        runs += [engine_on(e) for e in engines.values()] if engine_on else []
+        peers = [peer_on(e) if peer_on else None for e in engines.values()]
         with torch.no_grad():
-            t_ref, *t_rest = timed(runs, args.device, args.repeats)
-        measured[name] = dict(zip(columns[1:], t_rest))
-        cells = [f"{tokens / t_ref:.1f}"] + [f"{tokens / t:.1f} ({t_ref / t:.2f})" for t in t_rest]
-        print(f"{name:<30}" + "".join(f"{cell:>{width}}" for cell in cells + ["-"] * (len(columns) - len(cells))))
+            t_ref, *t_rest = timed(runs + [p for p in peers if p], args.device, args.repeats)
+        cells = [f"{tokens / t_ref:.1f}"] + [f"{tokens / t:.1f} ({t_ref / t:.2f})" for t in t_rest[:len(models)]]
+        measured = iter(t_rest[len(models):])
+        cells += [f"{tokens / (t := next(measured)):.1f} ({t_ref / t:.2f})" if p else "-" for p in peers]
+        print(f"{name:<30}" + "".join(f"{cell:>{width}}" for cell in cells))
     if legacy is not None:
         print("* against transformers 4.55.4 (in a process of its own), the last release with these decoders")
 
     if cpu:
-        bandwidth = read_bandwidth()
-        print(f"\nWhat bounds batch 1: a step reads every weight matrix once; memory reads {bandwidth / 1e9:.1f} GB/s "
-              "(sum over 1 GiB)")
-        greedy_one = measured["greedy, batch 1"]
-        for weights, size in (("float32", 4), ("bfloat16", 2), ("int8", 1)):
-            nbytes = matrix_entries(ours) * size
-            bound = bandwidth / nbytes
-            print(f"  {weights:<9} {nbytes / 1e6:7.1f} MB per token: at most {bound:6.1f} tokens/s; fast {weights} "
-                  f"decodes {n / greedy_one[f'fast {weights}']:6.1f} ({n / greedy_one[f'fast {weights}'] / bound:.0%} "
-                  "of the bound)")
+        bound(models, args.prompt_tokens + n, args.repeats)
+        # the compiled steps are left out: they choose their eager models' tokens (tests/test_fast.py)
+        agreement({"minigpt": ours} | fast, engines, directory, config.vocab_size, n, args.agreement_prompts, threads)
     cache = ours.new_cache(1, args.prompt_tokens + n)
     per_token = cache.nbytes / cache.max_length
     print(f"\nKV cache: {cache.nbytes / 2**20:.1f} MiB for 1 row x {cache.max_length} positions "
           f"({per_token / 1024:.1f} KiB per position: {config.n_layer} layers x keys and values x {config.n_embd} x "
           f"{ours.dtype.itemsize} bytes); preallocated once, written in place")
     return 0
+
+
+def bound(models: dict, length: int, repeats: int) -> None:
+    """Bytes per token, the time to read them (cold, in a step's order), and each step's share."""
+    steps = {name: m for name, m in models.items() if name != "minigpt"}
+    tokens = torch.tensor([0])
+
+    def decode(model):  # length - 1 steps from an empty cache: what a generation of this length costs beyond prefill
+        def run():
+            cache = model.new_cache(1, length)
+            for _ in range(length):
+                model.next_logits(tokens, cache)
+        return run
+
+    with torch.no_grad():
+        step_seconds = dict(zip(steps, (t / length for t in timed([decode(m) for m in steps.values()], "cpu", repeats))))
+    print(f"\nWhat bounds batch 1: a step reads every weight matrix once. Reading exactly those bytes, in a step's "
+          f"order (from memory, not a cache), takes:")
+    rows = []
+    for weights in WEIGHT_FORMATS:
+        tensors = step_tensors(models[f"fast {weights}"])
+        nbytes = sum(t.nbytes for t in tensors)
+        reading = read_seconds(tensors, repeats)
+        row = [weights, f"{nbytes / 1e6:.1f}", f"{reading * 1e3:.2f}", f"{nbytes / reading / 1e9:.1f}",
+               f"{1 / reading:.1f}"]
+        for kind in ("fast", "compiled"):
+            if f"{kind} {weights}" in step_seconds:
+                t = step_seconds[f"{kind} {weights}"]
+                row += [f"{t * 1e3:.2f}", f"{reading / t:.0%}"]
+        rows.append(row)
+    header = ["weights", "MB per token", "read (ms)", "GB/s", "bound tok/s", "step (ms)", "share"]
+    header += ["compiled step", "share"] if len(rows[0]) > len(header) else []
+    print(table(rows, header))
+
+
+def agreement(models: dict, engines: dict, directory: Path, vocab_size: int, new_tokens: int, count: int,
+              threads: int) -> None:
+    """How many of each engine's greedy tokens equal float32 minigpt's, on these random weights
+    and on the model in the box, over `count` prompts of 16 tokens."""
+    g = torch.Generator().manual_seed(1)
+    random_prompts = [torch.randint(0, vocab_size, (1, 16), generator=g) for _ in range(count)]
+    text = load_tokenizer(SHAKESPEARE).encode(shakespeare()["a-midsummer-night-s-dream"])
+    starts = torch.randint(0, len(text) - 16, (count,), generator=g).tolist()
+    shipped_prompts = [torch.tensor([text[s:s + 16]]) for s in starts]
+    shipped = {"minigpt": load_gpt2(SHAKESPEARE)} | {f"fast {w}": optimize(load_gpt2(SHAKESPEARE), weights=w)
+                                                     for w in WEIGHT_FORMATS}
+    shipped_engines = peer_workers(SHAKESPEARE, shipped["minigpt"].config.vocab_size, threads)
+    print(f"\nAgreement with float32 (minigpt as loaded): greedy at batch 1, {count} prompts of 16 tokens, "
+          f"{new_tokens} new tokens each: tokens equal before the first difference (mean), and prompts with all equal")
+    columns = []
+    for weights_name, chosen_models, chosen_engines, prompts in (
+            ("random weights", models, engines, random_prompts), ("the model in the box", shipped, shipped_engines,
+                                                                   shipped_prompts)):
+        chosen = {}
+        with torch.no_grad():
+            for name, model in chosen_models.items():
+                chosen[name] = [decoders.greedy(model, p, max_new_tokens=new_tokens).new_tokens[0].tolist() for p in prompts]
+        for name, engine in chosen_engines.items():
+            chosen[name] = [engine.greedy(p, new_tokens) for p in prompts]
+        reference = chosen.pop("minigpt")
+        columns.append((weights_name, {name: same_prefix(tokens, reference) for name, tokens in chosen.items()}))
+    names = list(columns[0][1])
+    rows = [[name] + [f"{sum(c[name]) / count:.1f} ({sum(x == new_tokens for x in c[name])}/{count})"
+                      if name in c else "-" for _, c in columns] for name in names]
+    print(table(rows, ["engine", *(w for w, _ in columns)]))
+
+
+def same_prefix(tokens: list[list[int]], reference: list[list[int]]) -> list[int]:
+    """For each prompt: how many tokens equal the reference's before the first that differs."""
+    def prefix(a, b):
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return [prefix(a, b) for a, b in zip(tokens, reference)]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ int8 greedy at batch 1 fell from 131 to 61 tokens/s beside an idle CTranslate2 G
 
 Converts the checkpoint with CTranslate2's transformers converter (bench.py has written the
 tokenizer files it also reads), then reads a case per line on stdin ({"input_ids", "new_tokens",
-"beam_size"}) and writes the seconds its generate_batch took.
+"beam_size"}) and writes {"seconds", "tokens"}: how long its generate_batch took, and the tokens
+it chose (one list per row).
 """
 
 import json
@@ -32,6 +33,7 @@ for line in sys.stdin:
     case = json.loads(line)
     batch = [[symbol[i] for i in row] for row in case["input_ids"]]
     started = time.perf_counter()
-    generator.generate_batch(batch, max_length=case["new_tokens"], min_length=case["new_tokens"],
-                             beam_size=case["beam_size"], include_prompt_in_result=False)
-    print(time.perf_counter() - started, flush=True)
+    results = generator.generate_batch(batch, max_length=case["new_tokens"], min_length=case["new_tokens"],
+                                       beam_size=case["beam_size"], include_prompt_in_result=False)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "tokens": [result.sequences_ids[0] for result in results]}), flush=True)

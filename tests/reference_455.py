@@ -5,7 +5,7 @@ PYTHONPATH puts 4.55.4 first, so the pinned 5.x in the test environment stays un
 stdin: {"checkpoint": dir, "cases": [{"input_ids", "attention_mask", "kwargs"}, ...]}
 stdout: [{"sequences": [[...]], "sequences_scores": [...] or null}, ...]
 With `--serve CHECKPOINT THREADS` it is the benchmark's worker instead: a case per line on stdin,
-the seconds its generate() took per line on stdout.
+its generate()'s seconds per line on stdout ({"seconds"}).
 """
 
 import json
@@ -35,7 +35,7 @@ if sys.argv[1:2] == ["--serve"]:  # the benchmark's worker: one case per line in
     for line in sys.stdin:
         started = time.perf_counter()
         generate(model, json.loads(line))
-        print(time.perf_counter() - started, flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
 else:
     request = json.load(sys.stdin)
     model = GPT2LMHeadModel.from_pretrained(request["checkpoint"]).eval()

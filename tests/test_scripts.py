@@ -109,7 +109,10 @@ def test_bench_prints_ratios():
     assert sum(case in out for case in ("greedy, batch 1", "greedy, batch 8", "beam search, 4 beams", "sampling, batch 1",
                                         "prefill, 16 tokens", "contrastive", "diverse beam")) == 7 and "KV cache" in out
     assert "contrastive (a .6, k 4) *" in out and "against transformers 4.55.4" in out
-    assert "fast float32" in out and "fast int8" in out and "CT2 int8" in out and "of the bound" in out
+    assert "fast float32" in out and "fast int8" in out and "CT2 int8" in out and "ORT int8" in out
+    assert "MB per token" in out and "share" in out  # what bounds batch 1
+    agreement = out[out.index("Agreement with float32"):]
+    assert all(name in agreement for name in ("fast bfloat16", "CT2 int8", "ORT int8", "the model in the box"))
 
 
 W = "--weights"

@@ -5,8 +5,9 @@ GPT in place, and tests hold the result equal to the readable one (within measur
 bfloat16 and int8). `optimize(model, weights=...)` applies the fastest combination found for this
 machine; the parts are importable alone:
 
+- `rows_product`: a decoding step's few rows times the weights as stored (rows.cpp, compiled on first use).
 - `pack_for_cpu`: float32 or bfloat16 weights reordered once into oneDNN's blocked layout.
-- `Int8Linear`, `Int8TokenEmbedding`, `quantize_int8`: int8 weights, one scale per output row.
+- `Int8Linear`, `Int8TokenEmbedding`, `quantize_int8`: int8 weights, in blocks of 32 and per output row.
 - `RowsLastHead`: the tied head as (W xᵀ)ᵀ, faster with CPU BLAS for a few rows.
 - `compile_step`: the one-token decoding step compiled as one graph (a CUDA graph on a GPU).
 """
@@ -14,27 +15,33 @@ machine; the parts are importable alone:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..checks import check_choice
 from ..embedding import TokenEmbedding
+from ..mlp import MLP, gelu_new
 from ..model import GPT
 from .head import RowsLastHead
 from .int8 import Int8Linear, Int8TokenEmbedding, quantize_int8
 from .packed import PackedLinear, PackedTokenEmbedding, pack_for_cpu
+from .rows import rows_product
 from .step import compile_step
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def optimize(model: GPT, *, weights: str = "float32") -> GPT:
     """The model made as fast as this machine allows for decoding, weights in the given format;
     in place, in eval mode, frozen. Every decoder takes the result.
 
-    On the CPU (measured on 2 EPYC cores, `scripts/bench.py`): float32 and bfloat16 weights packed
-    for oneDNN, int8 weights in fbgemm's layout; the step runs eagerly, because compiling it was
-    not faster there (see the README's table). On CUDA: the weights in the format (int8 as
-    weight-only rows, dequantized inside the compiled product) and the step compiled and captured
-    as a CUDA graph."""
+    On the CPU (measured on 2 EPYC cores, `scripts/bench.py`): only the weights change format;
+    activations, the residual stream and the KV cache stay float32. A step's one or two rows are
+    multiplied by rows.cpp (float32, bfloat16, or int8 in blocks of 32, each streamed as stored);
+    more rows by oneDNN (float32 and bfloat16 weights packed) or fbgemm (int8, one scale per row).
+    The step runs eagerly: compiling it gained 2-7% at batch 1 and lost at batch 8. On CUDA: the
+    whole model in the format (int8 as weight-only rows, dequantized inside the compiled product)
+    and the step compiled and captured as a CUDA graph."""
     if not isinstance(model, GPT):
         raise ValueError(f"optimize takes a minigpt GPT, got {type(model).__name__}")
     check_choice("weights", weights, WEIGHT_FORMATS)
@@ -44,21 +51,37 @@ def optimize(model: GPT, *, weights: str = "float32") -> GPT:
         raise ValueError(f"the model is already optimized ({', '.join(swapped) or 'its step compiled'}); "
                          "optimize a freshly loaded model (load_gpt2 again) for another weight format")
     model.eval().requires_grad_(False)
-    if weights == "bfloat16":
-        model.to(torch.bfloat16)
-    elif model.dtype != torch.float32:
-        model.float()  # float32 and int8 (whose activations are float32) start from float32
     if model.device.type == "cuda":
+        model.to(torch.bfloat16 if weights == "bfloat16" else torch.float32)
         if weights == "int8":
             quantize_int8(model)
         return compile_step(model, mode="reduce-overhead")
+    model.float()  # on the CPU the activations stay float32 in every format: only the weights shrink
+    fuse_gelu(model)
     if weights == "int8":
         return quantize_int8(model)
     if torch.backends.mkldnn.is_available():
-        return pack_for_cpu(model)
+        return pack_for_cpu(model, weights=DTYPES[weights])
+    if weights == "bfloat16":
+        raise ValueError("bfloat16 weights on the CPU need oneDNN, and this PyTorch build has none")
     model.wte = RowsLastHead(model.wte)
     return model
 
 
+def fuse_gelu(model: GPT) -> GPT:
+    """Each MLP's `gelu_new`, written out as GPT-2's formula (six element-wise operations), swapped
+    for PyTorch's one-kernel `F.gelu(approximate="tanh")`: the same function, equal to float32
+    rounding, in one pass over the activations instead of six. Returns the model."""
+    for block in model.blocks:
+        mlp = getattr(block, "mlp", None)
+        if isinstance(mlp, MLP) and mlp.activation is gelu_new:
+            mlp.activation = tanh_gelu
+    return model
+
+
+def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 __all__ = ["optimize", "WEIGHT_FORMATS", "pack_for_cpu", "PackedLinear", "PackedTokenEmbedding", "Int8Linear",
-           "Int8TokenEmbedding", "quantize_int8", "RowsLastHead", "compile_step"]
+           "Int8TokenEmbedding", "quantize_int8", "RowsLastHead", "compile_step", "rows_product"]

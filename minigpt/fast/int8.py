@@ -1,20 +1,23 @@
-"""int8 weights: each weight matrix stored as int8 with one float scale per output row.
-
-    W ≈ Q · s,   Q = round(W / s) in [-127, 127],   s = max |W[row]| / 127   (per output channel)
+"""int8 weights: each weight matrix stored as int8, with float32 scales.
 
 A decoding step reads every weight once per token, so at batch 1 its time is the time to stream
-the weights from memory: a quarter of float32's bytes is up to 4x the tokens per second. The
-rounding error of a weight is at most s/2, 1/254 of its row's largest weight.
+the weights from memory: a quarter of float32's bytes is up to 4x the tokens per second.
 
-The product runs in fbgemm's `quantized::linear_dynamic`, the fastest int8 matrix product this
-PyTorch offers on an x86 CPU: it quantizes the activations x to uint8 on the fly (one scale per
-call, from x's range) and multiplies 8-bit by 8-bit into int32 with AVX-512 VNNI, as CTranslate2's
-int8 does. Measured on 2 EPYC cores, one row by a 768 x 3072 matrix: 33 µs, against 86 µs for the
-oneDNN-packed float32 product, 90 µs for oneDNN's int8 product with the activations quantized by
-separate ops, and 878 µs for `aten._weight_int8pack_mm`, PyTorch's weight-only int8 kernel (it
-dequantizes inside a scalar loop on this CPU). So the weights are int8 and so, briefly, is x:
-y = (x_q Qᵀ) · s_x · s + b, with float32 out. gpt-fast's `WeightOnlyInt8Linear` keeps x in float
-and dequantizes W instead; on a GPU that is fast, on this CPU it is 25x slower.
+Two layouts of the same matrix, each for the kernel that is fastest at its number of rows:
+- one or two rows (a step at batch 1): blocks of 32 weights along a row, one scale each,
+
+      W ≈ q · s,   q = round(W / s) in [-127, 127],   s = max |W[block]| / 127,
+
+  multiplied by float32 activations in rows.cpp, which widens the weights as it streams them
+  (llama.cpp's q8_0 and gpt-fast's groupwise layout; unlike q8_0 the activations are not
+  quantized). A weight is off by at most s/2, 1/254 of its block's largest.
+- more rows (a batch, beams, a prompt), where the product is no longer bound by memory: one scale
+  per output row, in fbgemm's `quantized::linear_dynamic`, the fastest int8 matrix product this
+  PyTorch offers on an x86 CPU. It quantizes the activations to uint8 on the fly (one scale per
+  call, from x's range) and multiplies 8-bit by 8-bit into int32 with AVX-512 VNNI, as
+  CTranslate2's int8 does: y = (x_q Qᵀ) · s_x · s + b, float32 out. PyTorch's weight-only
+  `aten._weight_int8pack_mm` was 25x slower here (it dequantizes inside a scalar loop on this CPU).
+On CUDA the per-row layout runs weight-only, W dequantized inside the compiled product (gpt-fast's recipe).
 """
 
 from __future__ import annotations
@@ -27,14 +30,19 @@ from torch import Tensor, nn
 
 from ..embedding import TokenEmbedding
 from ..model import GPT
+from .rows import fits, quantize_blocks, rows_product, takes
 from .swap import swap_weights
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     """(out in) float -> Q (out in) int8 and s (out) float32, W ≈ Q · s[:, None]."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # an all-zero row keeps a tiny scale, not a 0 / 0
-    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+    q, scale = quantize_blocks(weight, block=weight.shape[1])  # one block: the whole row
+    return q, scale[:, 0]
+
+
+def _blocks(weight: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The weight in blocks of 32 for rows.cpp, where it can multiply them."""
+    return quantize_blocks(weight) if fits(weight) else None
 
 
 def _fbgemm_weight(q: Tensor, scale: Tensor, bias: Tensor | None):
@@ -59,14 +67,17 @@ def quantize_int8(model: GPT) -> GPT:
     return swap_weights(model, Int8Linear, Int8TokenEmbedding)
 
 
-def _int8_product(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, packed) -> Tensor:
-    """x (... in) -> x Wᵀ + b (... out), W = Q · s: by fbgemm on the CPU (`packed`); elsewhere
-    weight-only, W dequantized inside the product (gpt-fast's recipe; compiled, the conversion
-    fuses into the matrix product's read of Q)."""
+def _int8_product(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, packed, blocks) -> Tensor:
+    """x (... in) -> x Wᵀ + b (... out): a step's few rows by rows.cpp from the blocks (q8, s8);
+    more by fbgemm on the CPU (`packed`, W = Q · s per row); elsewhere weight-only, W = Q · s
+    dequantized inside the product (gpt-fast's recipe; compiled, the conversion fuses into the
+    matrix product's read of Q)."""
     if x.requires_grad:
         raise ValueError("int8 weights are for inference: no gradient flows through them; use the float model")
     if x.device != q.device:
         raise ValueError(f"these int8 weights are on {q.device}, the input on {x.device}; quantize after moving the model")
+    if blocks is not None and takes(x):
+        return rows_product(x, *blocks, bias)
     if packed is None:
         out = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)  # (... out): x Qᵀ, each column times its row's s
         return out if bias is None else out + bias.to(x.dtype)
@@ -86,11 +97,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
-        # fbgemm's copy of Q, s and b in its own layout; a plain attribute: .to() cannot move it
+        # fbgemm's copy of Q, s and b in its own layout, and the blocks; plain attributes: .to() cannot move them
         self.packed = _fbgemm_weight(q, scale, self.bias) if q.device.type == "cpu" else None
+        self.blocks = _blocks(linear.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _int8_product(x, self.q, self.scale, self.bias, self.packed)  # (... in) -> (... out)
+        return _int8_product(x, self.q, self.scale, self.bias, self.packed, self.blocks)  # (... in) -> (... out)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per output row"
@@ -106,9 +118,10 @@ class Int8TokenEmbedding(TokenEmbedding):
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.packed = _fbgemm_weight(q, scale, None) if q.device.type == "cpu" else None
+        self.blocks = _blocks(self.weight)
 
     def unembed(self, x: Tensor) -> Tensor:
-        return _int8_product(x, self.q, self.scale, None, self.packed)  # (... e) -> (... v)
+        return _int8_product(x, self.q, self.scale, None, self.packed, self.blocks)  # (... e) -> (... v)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", head in int8"

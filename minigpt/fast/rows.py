@@ -1,0 +1,97 @@
+"""A decoding step's matrix products, for the one or two rows it has: `rows_product`.
+
+A step at batch 1 multiplies one row by every weight matrix, so its time is the time to stream
+the weights from memory, and what matters is how close a kernel comes to the bandwidth.
+`rows.cpp` does only that: each thread takes a share of W's rows, reads each row once and
+multiplies it, while it sits in the L1 cache, by the one or two rows of x. It reads the weights
+as stored and widens them to float32 in registers, so it can read formats the libraries cannot,
+always with float32 activations:
+
+- float32;
+- bfloat16: half the bytes; the activations are not rounded to bfloat16, as oneDNN's bfloat16
+  product rounds them;
+- int8 in blocks of 32 along a row, a float32 scale each (llama.cpp's q8_0 and gpt-fast's
+  groupwise layout: 8.5 bits a weight), where fbgemm's int8 product quantizes the activations
+  to 8 bits as well, and q8_0 quantizes them per block.
+
+Measured on 2 EPYC cores over the 124M shape's 49 matrices taken in a step's order (together
+many times the caches, as in a real step), milliseconds for one row (one run, taking turns):
+
+    float32: oneDNN 14.75, rows.cpp 12.96    (reading the same bytes by a plain sum: 11.65)
+    bfloat16: oneDNN 7.37, rows.cpp 6.15     int8: fbgemm (per row) 4.07, rows.cpp (per block) 3.68
+
+No PyTorch kernel reads int8 blocks with float32 activations at that speed: its weight-only
+`_weight_int8pack_mm` took 878 µs for one 768 x 3072 matrix (fbgemm 33 µs), Inductor's
+weight-only template compiled the whole step to 12.6 ms. At 4 rows rows.cpp is already slower
+(float32 11.67 against oneDNN's 10.68; int8 6.01 against fbgemm's 4.15) and at 8 rows twice as
+slow: the libraries' blocked kernels reuse each loaded weight across rows better. So the fast
+modules (packed.py, int8.py) hand it at most FEW_ROWS rows and give the libraries the rest.
+
+The kernel is compiled on first use, for this machine (-march=native; about 20 s, then cached
+by PyTorch in ~/.cache/torch_extensions); where it cannot be built, every product goes to the
+libraries.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FEW_ROWS = 2  # rows at most that `rows_product` takes: measured faster than the libraries at 1 and 2, slower at 4
+BLOCK = 32  # weights per int8 scale, and what a row's width must be a multiple of
+
+
+@functools.cache
+def built() -> bool:
+    """Whether rows.cpp is compiled and loaded (the first call builds it); where it cannot be
+    built (no compiler), False, said once as a warning."""
+    from torch.utils import cpp_extension
+
+    try:
+        cpp_extension.load("minigpt_rows", [str(Path(__file__).with_name("rows.cpp"))], is_python_module=False,
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception as err:  # the build's failure has many shapes (no compiler, no ninja, a linker error)
+        warnings.warn(f"minigpt's decoding kernel could not be built ({str(err).strip().splitlines()[-1]}); "
+                      "decoding steps use the libraries' products instead", stacklevel=2)
+        return False
+
+    @torch.library.register_fake("minigpt::rows_product")
+    def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor) -> Tensor:  # the shape rule torch.compile traces with
+        return x.new_empty(x.shape[0], weight.shape[0])
+
+    return True
+
+
+def fits(weight: Tensor) -> bool:
+    """Whether `rows_product` can multiply by this (out in) weight: on the CPU, a row's width a
+    multiple of the kernel's blocks, and a kernel that built. A module checks once, when made."""
+    return weight.device.type == "cpu" and weight.shape[1] % BLOCK == 0 and built()
+
+
+def takes(x: Tensor) -> bool:
+    """Whether `rows_product` is the faster kernel for x (... in): float32 and at most FEW_ROWS rows."""
+    return x.dtype == torch.float32 and x.numel() <= FEW_ROWS * x.shape[-1] and not x.requires_grad
+
+
+def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> Tensor:
+    """x (... in) float32 -> x Wᵀ + b (... out) float32. weight (out in): float32, bfloat16, or
+    int8 with scales (out in/32), W = weight · scale of its block. Check `fits` and `takes` first."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows in)
+    empty = rows.new_empty(0)
+    out = torch.ops.minigpt.rows_product(rows, weight, empty if scales is None else scales, empty if bias is None else bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def quantize_blocks(weight: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
+    """(out in) float -> q (out in) int8 and s (out in/block) float32, W ≈ q · s per block of
+    `block` weights along a row: s = max |W[block]| / 127, so a weight is off by at most s/2,
+    1/254 of its block's largest. block = in: one scale per row."""
+    w = weight.detach().float()
+    blocks = w.view(w.shape[0], -1, block)  # (out in/block block)
+    scale = blocks.abs().amax(dim=-1).clamp(min=1e-12) / 127  # an all-zero block keeps a tiny scale, not 0 / 0
+    q = (blocks / scale[..., None]).round().clamp(-127, 127).to(torch.int8)
+    return q.view(w.shape), scale
