@@ -11,8 +11,9 @@ Everything a step reads or writes has the same shape every step, and the count o
 so it can be compiled as one graph (and captured as a CUDA graph). Attention runs over all s
 slots; the slots not yet written are simply not real, so no query sees them.
 
-Layout: keys and values (l b h s d); real (b s); l layers, s = max_length slots. Passed in explicitly:
-`model(ids, cache=cache)`.
+Layout: keys and values, one (b h s d) tensor per layer (separate tensors, not slices of one: a
+compiled step then writes each in place, where slices of one tensor it would copy whole every
+step); real (b s); l layers, s = max_length slots. Passed in explicitly: `model(ids, cache=cache)`.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class KVCache:
         shape = (n_layer, batch, n_head, max_length, head_dim)
         check_fits_in_memory(self.bytes_needed(shape, dtype), f"a KV cache of {batch} rows x {max_length} positions",
                              device)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.keys = [torch.zeros(shape[1:], device=device, dtype=dtype) for _ in range(n_layer)]  # l of (b h s d)
+        self.values = [torch.zeros(shape[1:], device=device, dtype=dtype) for _ in range(n_layer)]
         self.real = torch.zeros(batch, max_length, device=device, dtype=torch.bool)  # True: a real token was written there
         self.end = torch.zeros((), device=device, dtype=torch.long)  # slots filled so far, kept on the device
 
@@ -72,12 +73,25 @@ class KVCache:
         return KVCache.bytes_needed((config.n_layer, batch, config.n_head, max_length, config.head_dim), model.dtype)
 
     @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """(l b h s d): layers, rows, heads, slots, head width."""
+        return (len(self.keys), *self.keys[0].shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
+    @property
     def batch(self) -> int:
-        return self.keys.shape[1]
+        return self.shape[1]
 
     @property
     def max_length(self) -> int:
-        return self.keys.shape[3]
+        return self.shape[3]
 
     @property
     def length(self) -> int:
@@ -87,7 +101,7 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the preallocated keys, values and mask."""
-        return sum(t.element_size() * t.nelement() for t in (self.keys, self.values, self.real))
+        return sum(t.element_size() * t.nelement() for t in (*self.keys, *self.values, self.real))
 
     def append(self, new_real: Tensor) -> tuple[Tensor, Tensor]:
         """Claim the next t slots for t new positions; new_real (b t) says which hold real tokens.
@@ -103,8 +117,9 @@ class KVCache:
         return partial(self._write, layer, slots)
 
     def _write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # A layer with pruned heads computes fewer than n_head: it uses the first h head slots.
-        keys, values = self.keys[layer, :, : k.shape[1]], self.values[layer, :, : k.shape[1]]  # (b h s d) views
+        keys, values = self.keys[layer], self.values[layer]  # (b h s d)
+        if k.shape[1] < keys.shape[1]:  # a layer with pruned heads computes fewer than n_head: the first h slots
+            keys, values = keys[:, : k.shape[1]], values[:, : k.shape[1]]
         keys.index_copy_(2, slots, k)
         values.index_copy_(2, slots, v)
         return keys, values
@@ -121,8 +136,8 @@ class KVCache:
         candidates, then keeps the chosen candidate's row."""
         if not isinstance(rows, Tensor) or rows.dim() != 1 or len(rows) == 0:
             raise ValueError(f"take_rows takes a non-empty 1-D long tensor of row indices, got {rows!r:.60}")
-        n_layer, _, n_head, max_length, head_dim = self.keys.shape
-        taken = KVCache(n_layer, len(rows), n_head, head_dim, max_length, device=self.keys.device, dtype=self.keys.dtype)
+        n_layer, _, n_head, max_length, head_dim = self.shape
+        taken = KVCache(n_layer, len(rows), n_head, head_dim, max_length, device=self.device, dtype=self.dtype)
         self._gather_rows(rows, taken, "take_rows'")
         return taken
 
@@ -132,7 +147,7 @@ class KVCache:
             raise ValueError(f"{caller} row indices must be a long tensor, got dtype {rows.dtype}")
         if bool(((rows < 0) | (rows >= self.batch)).any()):
             raise ValueError(f"{caller} row indices must be in [0, {self.batch})")
-        into.keys.copy_(self.keys[:, rows])  # gathered first, so into may be self
-        into.values.copy_(self.values[:, rows])
+        for mine, theirs in zip(self.keys + self.values, into.keys + into.values):
+            theirs.copy_(mine[rows])  # gathered first, so into may be self
         into.real.copy_(self.real[rows])
         into.end.copy_(self.end)

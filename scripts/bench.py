@@ -294,8 +294,8 @@ def bound(models: dict, length: int, repeats: int) -> None:
 
     with torch.no_grad():
         step_seconds = dict(zip(steps, (t / length for t in timed([decode(m) for m in steps.values()], "cpu", repeats))))
-    print(f"\nWhat bounds batch 1: a step reads every weight matrix once. Reading exactly those bytes, in a step's "
-          f"order (from memory, not a cache), takes:")
+    print("\nWhat bounds batch 1: a step reads every weight matrix once. Reading exactly those bytes, in a step's "
+          "order (from memory, not a cache), takes:")
     rows = []
     for weights in WEIGHT_FORMATS:
         tensors = step_tensors(models[f"fast {weights}"])

@@ -54,10 +54,10 @@ def compile_step(model: GPT, mode: str = "default") -> GPT:
         compiled = torch.compile(eager, fullgraph=True, mode=mode)
 
     def next_logits(tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        if cache.keys.is_cuda:
+        if cache.device.type == "cuda":
             # A CUDA graph replays fixed addresses: tell it these tensors are written in place and
             # stay where they are for the whole generation (beam search reorders them in place too).
-            for tensor in (cache.keys, cache.values, cache.real, cache.end):
+            for tensor in (*cache.keys, *cache.values, cache.real, cache.end):
                 torch._dynamo.mark_static_address(tensor)
             # and the graph's output buffer is reused by the next replay: hand out a copy
             return compiled(tokens, cache).clone()
