@@ -181,7 +181,7 @@ def parser() -> Parser:
     parser.add_argument("--agreement-prompts", type=positive_int, default=20,
                         help="prompts over which each format's greedy tokens are compared with float32's")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled-step columns (each "
-                        "compiles for half a minute)")
+                        "compiles for about 20 s)")
     add_threads_argument(parser)
     return parser
 

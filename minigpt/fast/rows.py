@@ -35,6 +35,7 @@ libraries.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from pathlib import Path
 
@@ -49,15 +50,20 @@ BLOCK = 32  # weights per int8 scale, and what a row's width must be a multiple 
 def built() -> bool:
     """Whether rows.cpp is compiled and loaded (the first call builds it); where it cannot be
     built (no compiler), False, said once as a warning."""
+    import ninja
     from torch.utils import cpp_extension
 
-    try:
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])  # cpp_extension runs `ninja`; a venv's bin is on
+    try:                                                         # PATH only when the venv is activated
         cpp_extension.load("minigpt_rows", [str(Path(__file__).with_name("rows.cpp"))], is_python_module=False,
                            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception as err:  # the build's failure has many shapes (no compiler, no ninja, a linker error)
         warnings.warn(f"minigpt's decoding kernel could not be built ({str(err).strip().splitlines()[-1]}); "
                       "decoding steps use the libraries' products instead", stacklevel=2)
         return False
+    finally:
+        os.environ["PATH"] = path
 
     @torch.library.register_fake("minigpt::rows_product")
     def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor) -> Tensor:  # the shape rule torch.compile traces with
