@@ -54,6 +54,9 @@ from minigpt.training.corpus import shakespeare
 from weights import SHAKESPEARE, load_gpt2, load_tokenizer
 
 
+PAUSE = 0.05  # seconds between two timed runs
+
+
 def timed(runs: list, device: str, repeats: int) -> list[float]:
     """Median seconds of each run. The runs take turns (a, b, c, a, b, c, ...) so that a change
     in the machine's load during the measurement falls on all of them alike."""
@@ -61,6 +64,10 @@ def timed(runs: list, device: str, repeats: int) -> list[float]:
     def once(job) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+        # A pause first: an engine's threads spin for a while after it returns (ONNX Runtime's do
+        # by default), and would take the cores from the next one. Measured: a 32-token prompt
+        # took our float32 model 58 ms right after ONNX Runtime ran, 27 ms alone.
+        time.sleep(PAUSE)
         start = time.perf_counter()
         measured = job()  # a job in another process reports its own time (no pipe overhead counted)
         if device.startswith("cuda"):
