@@ -43,7 +43,7 @@ import torch
 
 import decoders
 from common import (DTYPES, Parser, add_threads_argument, machine_line, option, positive_int, random_gpt2_checkpoint, run,
-                    seconds, table)
+                    table)
 from minigpt import Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
@@ -169,11 +169,11 @@ def step_tensors(model) -> list[torch.Tensor]:
     raise ValueError(f"not an optimized CPU model: its head is {type(head).__name__}")
 
 
-def read_seconds(tensors: list[torch.Tensor], repeats: int = 5) -> float:
-    """The median time to read every byte of these tensors once, in order (an integer max over
-    each: no arithmetic to wait for, and no float values that could be slow to add)."""
+def reader(tensors: list[torch.Tensor]):
+    """A job that reads every byte of these tensors once, in order (an integer max over each: no
+    arithmetic to wait for, and no float values that could be slow to add)."""
     words = [t.reshape(-1).view(torch.int32) for t in tensors]  # any dtype's bytes, 4 at a time
-    return statistics.median(seconds(lambda: [w.max() for w in words]) for _ in range(repeats))
+    return lambda: [w.max() for w in words]
 
 
 def parser() -> Parser:
@@ -288,31 +288,38 @@ def main(args: argparse.Namespace) -> int:
 
 
 def bound(models: dict, length: int, repeats: int) -> None:
-    """Bytes per token, the time to read them (cold, in a step's order), and each step's share."""
-    steps = {name: m for name, m in models.items() if name != "minigpt"}
+    """Bytes per token, the time to read them (from memory, in a step's order), and each step's
+    time against it: the reads and the steps take turns, so a change in the machine's speed
+    falls on both."""
     tokens = torch.tensor([0])
 
-    def decode(model):  # length - 1 steps from an empty cache: what a generation of this length costs beyond prefill
+    def decode(model):  # `length` steps from an empty cache
         def run():
             cache = model.new_cache(1, length)
             for _ in range(length):
                 model.next_logits(tokens, cache)
         return run
 
+    jobs, nbytes = {}, {}  # name -> (job, how many tokens' worth it does)
+    for weights in WEIGHT_FORMATS:
+        tensors = step_tensors(models[f"fast {weights}"])
+        nbytes[weights] = sum(t.nbytes for t in tensors)
+        jobs[f"read {weights}"] = (reader(tensors), 1)
+        jobs |= {f"{kind} {weights}": (decode(models[f"{kind} {weights}"]), length) for kind in ("fast", "compiled")
+                 if f"{kind} {weights}" in models}
     with torch.no_grad():
-        step_seconds = dict(zip(steps, (t / length for t in timed([decode(m) for m in steps.values()], "cpu", repeats))))
+        seconds_each = timed([job for job, _ in jobs.values()], "cpu", repeats)
+    per_token = {name: t / count for (name, (_, count)), t in zip(jobs.items(), seconds_each)}
     print("\nWhat bounds batch 1: a step reads every weight matrix once. Reading exactly those bytes, in a step's "
           "order (from memory, not a cache), takes:")
     rows = []
     for weights in WEIGHT_FORMATS:
-        tensors = step_tensors(models[f"fast {weights}"])
-        nbytes = sum(t.nbytes for t in tensors)
-        reading = read_seconds(tensors, repeats)
-        row = [weights, f"{nbytes / 1e6:.1f}", f"{reading * 1e3:.2f}", f"{nbytes / reading / 1e9:.1f}",
+        reading = per_token[f"read {weights}"]
+        row = [weights, f"{nbytes[weights] / 1e6:.1f}", f"{reading * 1e3:.2f}", f"{nbytes[weights] / reading / 1e9:.1f}",
                f"{1 / reading:.1f}"]
         for kind in ("fast", "compiled"):
-            if f"{kind} {weights}" in step_seconds:
-                t = step_seconds[f"{kind} {weights}"]
+            if f"{kind} {weights}" in per_token:
+                t = per_token[f"{kind} {weights}"]
                 row += [f"{t * 1e3:.2f}", f"{reading / t:.0%}"]
         rows.append(row)
     header = ["weights", "MB per token", "read (ms)", "GB/s", "bound tok/s", "step (ms)", "share"]
