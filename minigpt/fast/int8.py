@@ -1,4 +1,4 @@
-"""int8 weights: each weight matrix stored as int8, with float32 scales.
+"""int8 weights: each weight matrix stored as int8, with scales.
 
 A decoding step reads every weight once per token, so at batch 1 its time is the time to stream
 the weights from memory: a quarter of float32's bytes is up to 4x the tokens per second.
@@ -36,7 +36,7 @@ from .swap import swap_weights
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     """(out in) float -> Q (out in) int8 and s (out) float32, W ≈ Q · s[:, None]."""
-    q, scale = quantize_blocks(weight, block=weight.shape[1])  # one block: the whole row
+    q, scale = quantize_blocks(weight, block=weight.shape[1], scales=torch.float32)  # one block: the whole row
     return q, scale[:, 0]
 
 

@@ -53,9 +53,9 @@ struct BFloat16 {  // bfloat16 is float32's top 16 bits: shifting them back up i
   float scale(int64_t, int64_t) const { return 1.0f; }
 };
 
-struct Int8Blocks {  // W[o][k] = q[o][k] * s[o][k / 32]
+struct Int8Blocks {  // W[o][k] = q[o][k] * s[o][k / 32], s in float16 (2 bytes a block, as q8_0's)
   const int8_t* q;
-  const float* s;
+  const c10::Half* s;
   int64_t blocks;  // per row: in / 32
   Floats get(int64_t i) const {
 #ifdef __AVX512F__  // sign-extend 16 bytes to 16 ints, then to floats: two instructions (GCC's generic
@@ -67,7 +67,7 @@ struct Int8Blocks {  // W[o][k] = q[o][k] * s[o][k / 32]
     return f;
 #endif
   }
-  float scale(int64_t row, int64_t block) const { return s[row * blocks + block]; }
+  float scale(int64_t row, int64_t block) const { return static_cast<float>(s[row * blocks + block]); }
 };
 
 // R rows of x (r0 to r0 + R) times W's row o: each block of W decoded once, used R times. R is a
@@ -119,8 +119,9 @@ torch::Tensor product(const torch::Tensor& x, const torch::Tensor& weight, const
                  y.data_ptr<float>());
       break;
     case torch::kChar:
-      TORCH_CHECK(scales.size(0) == out && scales.size(1) == in / BLOCK, "scales must be (out in/32)");
-      rows_times(x.data_ptr<float>(), rows, in, Int8Blocks{weight.data_ptr<int8_t>(), scales.data_ptr<float>(), in / BLOCK},
+      TORCH_CHECK(scales.scalar_type() == torch::kHalf && scales.size(0) == out && scales.size(1) == in / BLOCK,
+                  "scales must be (out in/32) float16");
+      rows_times(x.data_ptr<float>(), rows, in, Int8Blocks{weight.data_ptr<int8_t>(), scales.data_ptr<c10::Half>(), in / BLOCK},
                  out, b, y.data_ptr<float>());
       break;
     default:
