@@ -16,8 +16,10 @@ engines taking turns; the median counts.
 
 What bounds batch 1: the bytes a step reads (every weight matrix, in its format), and how long
 reading exactly those tensors takes, in a step's order: each is read from memory, not from a
-cache, as in a real step (together they are many times the caches' size). A step's time over
-that reading time is its share of the bound.
+cache, as in a real step (together they are many times the caches' size). The reading is
+PyTorch's integer max over each tensor, taking turns with the steps; the reading time over a
+step's time is its share. rows.cpp in a compiled step can stream a little faster than that
+reduction: a share above 100% means the step runs at the machine's read bandwidth.
 
 Agreement: greedy tokens at batch 1 from `--agreement-prompts` prompts, compared with minigpt's
 float32 as loaded, on the random weights and on the model in the box (trained weights).
