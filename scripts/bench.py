@@ -174,7 +174,7 @@ def step_tensors(model) -> list[torch.Tensor]:
 def reader(tensors: list[torch.Tensor]):
     """A job that reads every byte of these tensors once, in order (an integer max over each: no
     arithmetic to wait for, and no float values that could be slow to add)."""
-    words = [t.reshape(-1).view(torch.int32) for t in tensors]  # any dtype's bytes, 4 at a time
+    words = [t.reshape(-1).view(torch.int32 if t.nbytes % 4 == 0 else torch.uint8) for t in tensors]  # any dtype's bytes
     return lambda: [w.max() for w in words]
 
 
