@@ -107,7 +107,7 @@ class Worker:
 
     def greedy(self, ids: torch.Tensor, new_tokens: int) -> list[int]:
         """The tokens it chooses greedily after one prompt (1 t)."""
-        return self.ask({"input_ids": ids.tolist(), "new_tokens": new_tokens, "beam_size": 1})["tokens"][0]
+        return self.ask(peer_case(ids, new_tokens))["tokens"][0]
 
 
 def legacy_worker(directory: Path, threads: int) -> Worker:

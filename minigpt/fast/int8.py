@@ -68,7 +68,7 @@ def quantize_int8(model: GPT) -> GPT:
 
 
 def _int8_product(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, packed, blocks) -> Tensor:
-    """x (... in) -> x Wᵀ + b (... out): a step's few rows by rows.cpp from the blocks (q8, s8);
+    """x (... in) -> x Wᵀ + b (... out): a step's few rows by rows.cpp from `blocks` (q, s per 32);
     more by fbgemm on the CPU (`packed`, W = Q · s per row); elsewhere weight-only, W = Q · s
     dequantized inside the product (gpt-fast's recipe; compiled, the conversion fuses into the
     matrix product's read of Q)."""

@@ -60,9 +60,9 @@ def _product(x: Tensor, weight: Tensor | None, packed: Tensor, bias: Tensor | No
              packed_bias: Tensor | None = None) -> Tensor:
     """x (... in) -> x Wᵀ + bias (... out), in x's dtype: a step's few rows by rows.cpp, more by
     oneDNN (which adds the bias in the weights' dtype: `packed_bias`)."""
-    allowed = sorted({str(torch.float32), str(packed.dtype)})
-    if x.device.type != "cpu" or str(x.dtype) not in allowed:
-        raise ValueError(f"these packed weights take CPU {' or '.join(allowed)} inputs, got {x.device} {x.dtype}; "
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, packed.dtype):
+        allowed = " or ".join(sorted({str(torch.float32), str(packed.dtype)}))
+        raise ValueError(f"these packed weights take CPU {allowed} inputs, got {x.device} {x.dtype}; "
                          "pack after moving the model")
     if x.requires_grad:  # neither kernel has a backward: gradients would silently stop here
         raise ValueError("packed weights are for inference: no gradient flows through them; use the unpacked model")
