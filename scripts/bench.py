@@ -45,11 +45,12 @@ import torch
 
 import decoders
 from common import (DTYPES, Parser, add_threads_argument, machine_line, option, positive_int, random_gpt2_checkpoint, run,
-                    table)
+                    seconds, table)
 from minigpt import Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
-from minigpt.fast import WEIGHT_FORMATS, compile_step, optimize
+from minigpt.fast import WEIGHT_FORMATS, cache_path, compile_step, describe, optimize
+from minigpt.fast.kernels import cpu_name, vector_flags
 from minigpt.fast.int8 import Int8Linear, Int8TokenEmbedding
 from minigpt.fast.packed import PackedLinear, PackedTokenEmbedding
 from minigpt.training.corpus import shakespeare
@@ -259,6 +260,8 @@ def main(args: argparse.Namespace) -> int:
         ]
 
     print(machine_line())
+    if cpu:
+        print(where(), flush=True)
     print(f"{args.preset} shape ({config.n_layer} layers, {config.n_embd} wide), random weights; {args.device}, {args.dtype}, "
           f"{threads} threads; prompt {args.prompt_tokens} tokens, {n} new tokens; median of {args.repeats}; "
           "tokens per second (ratio to transformers)")
@@ -278,6 +281,9 @@ def main(args: argparse.Namespace) -> int:
         print("* against transformers 4.55.4 (in a process of its own), the last release with these decoders")
 
     if cpu:
+        print(f"\nKernels chosen by timing on this machine (cached in {cache_path()}):")
+        for weights in WEIGHT_FORMATS:
+            print("\n".join(f"  {weights}: {line}" for line in describe(fast[f"fast {weights}"])))
         bound(models, args.prompt_tokens + n, args.repeats)
         # the compiled steps are left out: they choose their eager models' tokens (tests/test_fast.py)
         agreement({"minigpt": ours} | fast, engines, directory, config.vocab_size, n, args.agreement_prompts, threads)
@@ -287,6 +293,20 @@ def main(args: argparse.Namespace) -> int:
           f"({per_token / 1024:.1f} KiB per position: {config.n_layer} layers x keys and values x {config.n_embd} x "
           f"{ours.dtype.itemsize} bytes); preallocated once, written in place")
     return 0
+
+
+def where() -> str:
+    """The CPU's model, the vector instructions the kernels can use, its caches and a bandwidth
+    figure: a plain sum over 1 GiB, several times the caches, best of 3."""
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        caches.append(f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''} {size}")
+    words = torch.ones(2**28)  # 1 GiB of float32
+    best = min(seconds(words.sum) for _ in range(3))
+    return (f"CPU {cpu_name()}; vector instructions: {' '.join(vector_flags()) or 'none found'}; caches (per core, "
+            f"L3 shared): {', '.join(caches) or 'unknown'}; memory read {words.nbytes / best / 1e9:.1f} GB/s "
+            f"(a sum over 1 GiB, best of 3)")
 
 
 def bound(models: dict, length: int, repeats: int) -> None:

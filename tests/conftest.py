@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -6,6 +7,9 @@ from hypothesis import HealthCheck, settings
 
 # Two cores: keep each worker to one thread so xdist's two workers do not fight.
 torch.set_num_threads(int(os.environ.get("MINIGPT_TEST_THREADS", "1")))
+
+# The kernels minigpt.fast times (kernels.py) are cached here, not in the user's cache directory
+os.environ.setdefault("MINIGPT_CACHE_DIR", tempfile.mkdtemp(prefix="minigpt-test-cache-"))
 
 settings.register_profile(
     "minigpt",

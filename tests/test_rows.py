@@ -1,4 +1,4 @@
-"""rows.cpp, the decoding step's kernel for one or two rows: the product it computes, in each
+"""rows.cpp, the decoding step's kernel for a few rows: the product it computes, in each
 weight format, against the same product in PyTorch with the weights widened to float32.
 
 Tolerance 1e-5 relative to the size of the terms (sum of |x| |W| per output): both sides add the
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigpt.fast.rows import BLOCK, FEW_ROWS, built, fits, quantize_blocks, rows_product, takes
+from minigpt.fast.rows import BLOCK, built, fits, quantize_blocks, rows_product
 
 pytestmark = pytest.mark.skipif(not built(), reason="rows.cpp could not be built here (no C++ compiler)")
 
@@ -26,7 +26,8 @@ def widened(weight: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
 
 
 @settings(deadline=None, max_examples=60)
-@given(rows=st.integers(1, FEW_ROWS), blocks=st.integers(1, 8), out=st.integers(1, 70), bias=st.booleans(),
+@given(rows=st.integers(1, 9),  # 4 rows at a time, then the 3, 2 or 1 left
+       blocks=st.integers(1, 8), out=st.integers(1, 70), bias=st.booleans(),
        weights=st.sampled_from(["float32", "bfloat16", "int8"]), seed=st.integers(0, 2**16))
 def test_the_product_equals_pytorchs_on_the_widened_weights(rows, blocks, out, bias, weights, seed):
     torch.manual_seed(seed)
@@ -38,13 +39,11 @@ def test_the_product_equals_pytorchs_on_the_widened_weights(rows, blocks, out, b
     assert ((rows_product(x, weight, scales, b) - expected).abs() <= 1e-5 * (scale_of_terms + 1)).all()
 
 
-def test_leading_axes_are_kept_and_the_rule_of_when_it_runs():
+def test_leading_axes_are_kept_and_a_row_must_be_whole_blocks():
     w = torch.randn(5, 64)
     x = torch.randn(1, 1, 64)
     assert rows_product(x, w, None, None).shape == (1, 1, 5)
     assert fits(w) and not fits(torch.randn(5, 40))  # a row's width must be whole blocks
-    assert takes(x) and takes(torch.randn(2, 64)) and not takes(torch.randn(3, 64))  # more rows go to the libraries
-    assert not takes(x.bfloat16()) and not takes(torch.randn(1, 64, requires_grad=True))
 
 
 def test_int8_blocks_are_within_half_a_step_of_the_weights():

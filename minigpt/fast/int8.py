@@ -3,7 +3,8 @@
 A decoding step reads every weight once per token, so at batch 1 its time is the time to stream
 the weights from memory: a quarter of float32's bytes is up to 4x the tokens per second.
 
-Two layouts of the same matrix, each for the kernel that is fastest at its number of rows:
+Two layouts of the same matrix, for kernels that are fast at different numbers of rows (which
+kernel takes how many is measured on the machine: kernels.py):
 - one or two rows (a step at batch 1): blocks of 32 weights along a row, one scale each,
 
       W ≈ q · s,   q = round(W / s) in [-127, 127],   s = max |W[block]| / 127,
@@ -16,7 +17,8 @@ Two layouts of the same matrix, each for the kernel that is fastest at its numbe
   PyTorch offers on an x86 CPU. It quantizes the activations to uint8 on the fly (one scale per
   call, from x's range) and multiplies 8-bit by 8-bit into int32 with AVX-512 VNNI, as
   CTranslate2's int8 does: y = (x_q Qᵀ) · s_x · s + b, float32 out. PyTorch's weight-only
-  `aten._weight_int8pack_mm` was 25x slower here (it dequantizes inside a scalar loop on this CPU).
+  `aten._weight_int8pack_mm` reads the same per-row layout (on 2 EPYC cores it was 25x slower:
+  it dequantizes inside a scalar loop there; it is timed like the others, and drops out).
 On CUDA the per-row layout runs weight-only, W dequantized inside the compiled product (gpt-fast's recipe).
 """
 
@@ -30,7 +32,9 @@ from torch import Tensor, nn
 
 from ..embedding import TokenEmbedding
 from ..model import GPT
-from .rows import fits, quantize_blocks, rows_product, takes
+from . import kernels
+from .kernels import Routes
+from .rows import fits, quantize_blocks, rows_product
 from .swap import swap_weights
 
 
@@ -38,11 +42,6 @@ def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     """(out in) float -> Q (out in) int8 and s (out) float32, W ≈ Q · s[:, None]."""
     q, scale = quantize_blocks(weight, block=weight.shape[1], scales=torch.float32)  # one block: the whole row
     return q, scale[:, 0]
-
-
-def _blocks(weight: Tensor) -> tuple[Tensor, Tensor] | None:
-    """The weight in blocks of 32 for rows.cpp, where it can multiply them."""
-    return quantize_blocks(weight) if fits(weight) else None
 
 
 def _fbgemm_weight(q: Tensor, scale: Tensor, bias: Tensor | None):
@@ -55,36 +54,56 @@ def _fbgemm_weight(q: Tensor, scale: Tensor, bias: Tensor | None):
     return torch.ops.quantized.linear_prepack(qweight, bias)
 
 
-def quantize_int8(model: GPT) -> GPT:
+def quantize_int8(model: GPT, *, verbose: bool = False) -> GPT:
     """Swap every nn.Linear for an Int8Linear and the head for an int8 one, in place; the model is
-    put in eval mode with its parameters frozen. Returns the model."""
+    put in eval mode with its parameters frozen. Which kernel takes how many rows is timed on
+    first use on this machine (kernels.py; `verbose` says so). Returns the model."""
     if not isinstance(model, GPT):
         raise ValueError(f"quantize_int8 takes a minigpt GPT, got {type(model).__name__}")
     if model.dtype != torch.float32:
         raise ValueError(f"quantize_int8 needs a float32 model (its activations stay float32), got {model.dtype}")
     if model.device.type == "cpu" and "fbgemm" not in torch.backends.quantized.supported_engines:  # an ARM build
         raise ValueError("int8 weights on the CPU need fbgemm (x86), and this PyTorch build has none")
-    return swap_weights(model, Int8Linear, Int8TokenEmbedding)
+    swap_weights(model, Int8Linear, Int8TokenEmbedding)
+    kernels.choose(model, verbose=verbose)
+    return model
 
 
-def _int8_product(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, packed, blocks) -> Tensor:
-    """x (... in) -> x Wᵀ + b (... out): a step's few rows by rows.cpp from `blocks` (q, s per 32);
-    more by fbgemm on the CPU (`packed`, W = Q · s per row); elsewhere weight-only, W = Q · s
-    dequantized inside the product (gpt-fast's recipe; compiled, the conversion fuses into the
-    matrix product's read of Q)."""
+def check_input(x: Tensor, q: Tensor) -> None:
     if x.requires_grad:
         raise ValueError("int8 weights are for inference: no gradient flows through them; use the float model")
     if x.device != q.device:
         raise ValueError(f"these int8 weights are on {q.device}, the input on {x.device}; quantize after moving the model")
-    if blocks is not None and takes(x):
-        return rows_product(x, *blocks, bias)
-    if packed is None:
-        out = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)  # (... out): x Qᵀ, each column times its row's s
-        return out if bias is None else out + bias.to(x.dtype)
-    if x.dtype != torch.float32:
+    if q.device.type == "cpu" and x.dtype != torch.float32:
         raise ValueError(f"int8 weights on the CPU take float32 inputs, got {x.dtype}")
-    rows = x.reshape(-1, x.shape[-1])  # the kernel takes 2-D inputs
-    return torch.ops.quantized.linear_dynamic(rows, packed).view(*x.shape[:-1], q.shape[0])
+
+
+def int8_routes(weight: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> tuple[Routes, tuple | None]:
+    """The kernels that multiply rows by the int8 weight, and its blocks of 32 (for rows.cpp, where
+    it fits). On the CPU: rows.cpp (blocks; float32 activations), fbgemm (per row; the activations
+    quantized to 8 bits on the fly, VNNI), PyTorch's weight-only `_weight_int8pack_mm` (per row;
+    float32 activations). Elsewhere weight-only, W = Q · s dequantized inside the product
+    (gpt-fast's recipe; compiled, the conversion fuses into the product's read of Q)."""
+    if q.device.type != "cpu":
+        def dequantized(x: Tensor) -> Tensor:
+            out = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)  # (... out): x Qᵀ, each column times its row's s
+            return out if bias is None else out + bias.to(x.dtype)
+        return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", {"dequantized": dequantized}, default="dequantized"), None
+    packed = _fbgemm_weight(q, scale, bias)
+
+    def fbgemm(x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # the kernel takes 2-D inputs
+        return torch.ops.quantized.linear_dynamic(rows, packed).view(*x.shape[:-1], q.shape[0])
+
+    def int8pack(x: Tensor) -> Tensor:
+        out = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), q, scale).view(*x.shape[:-1], q.shape[0])
+        return out if bias is None else out + bias
+
+    kernels = {"fbgemm": fbgemm, "int8pack": int8pack}
+    blocks = quantize_blocks(weight) if fits(weight) else None
+    if blocks is not None:
+        kernels["rows.cpp"] = lambda x: rows_product(x, *blocks, bias)
+    return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="fbgemm"), blocks
 
 
 class Int8Linear(nn.Module):
@@ -97,12 +116,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
-        # fbgemm's copy of Q, s and b in its own layout, and the blocks; plain attributes: .to() cannot move them
-        self.packed = _fbgemm_weight(q, scale, self.bias) if q.device.type == "cpu" else None
-        self.blocks = _blocks(linear.weight)
+        # the kernels with their own layouts (fbgemm's, the blocks); plain attributes: .to() cannot move them
+        self.routes, self.blocks = int8_routes(linear.weight, q, scale, self.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _int8_product(x, self.q, self.scale, self.bias, self.packed, self.blocks)  # (... in) -> (... out)
+    def forward(self, x: Tensor) -> Tensor:  # (... in) -> (... out)
+        check_input(x, self.q)
+        return self.routes(x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per output row"
@@ -117,11 +136,11 @@ class Int8TokenEmbedding(TokenEmbedding):
         q, scale = quantize_rows(self.weight)  # one scale per token: per output channel of the head
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
-        self.packed = _fbgemm_weight(q, scale, None) if q.device.type == "cpu" else None
-        self.blocks = _blocks(self.weight)
+        self.routes, self.blocks = int8_routes(self.weight, q, scale, None)
 
-    def unembed(self, x: Tensor) -> Tensor:
-        return _int8_product(x, self.q, self.scale, None, self.packed, self.blocks)  # (... e) -> (... v)
+    def unembed(self, x: Tensor) -> Tensor:  # (... e) -> (... v)
+        check_input(x, self.q)
+        return self.routes(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", head in int8"

@@ -9,7 +9,10 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -130,10 +133,121 @@ torch::Tensor product(const torch::Tensor& x, const torch::Tensor& weight, const
   return y;
 }
 
+
+// ---- a whole decoding step of a GPT-2, for the same few rows (fused.py says why) ----------------
+
+// y = LayerNorm(x) over each row of width e (biased variance, as torch.nn.LayerNorm).
+void layer_norm(const float* x, float* y, int64_t rows, int64_t e, const float* w, const float* b, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * e;
+    float* yr = y + r * e;
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < e; ++i) mean += xr[i];
+    mean /= e;
+    for (int64_t i = 0; i < e; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    const float inv = 1.0f / std::sqrt(static_cast<float>(var / e) + eps), m = static_cast<float>(mean);
+    for (int64_t i = 0; i < e; ++i) yr[i] = (xr[i] - m) * inv * w[i] + b[i];
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {  // n a multiple of LANES, or any n the slow way
+  if (n % LANES == 0) {
+    Floats total = {};
+    for (int64_t i = 0; i < n; i += LANES) total += load<Floats>(a + i) * load<Floats>(b + i);
+    return sum(total);
+  }
+  float total = 0.0f;
+  for (int64_t i = 0; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+// One block of the step: x (rows e) is updated in place, x += attn(ln_1(x)), x += mlp(ln_2(x)).
+// w: the block's 16 tensors (ln_1 weight, bias; c_attn weight, scales, bias; attn c_proj weight,
+// scales, bias; ln_2 weight, bias; c_fc weight, scales, bias; mlp c_proj weight, scales, bias).
+// keys, values (rows h s d): the layer's cache, written at `slot`; real (rows s): which slots the
+// query may see (with slot itself, the new token, always).
+void block(torch::Tensor& x, at::TensorList w, const torch::Tensor& keys, const torch::Tensor& values,
+           const torch::Tensor& real, int64_t slot, int64_t n_head, float eps) {
+  const int64_t rows = x.size(0), e = x.size(1), d = e / n_head, slots = keys.size(2);
+  auto h = torch::empty_like(x);
+  layer_norm(x.data_ptr<float>(), h.data_ptr<float>(), rows, e, w[0].data_ptr<float>(), w[1].data_ptr<float>(), eps);
+  auto qkv = product(h, w[2], w[3], w[4]);  // (rows (three h d))
+  float *K = keys.data_ptr<float>(), *V = values.data_ptr<float>(), *QKV = qkv.data_ptr<float>();
+  const bool* seen = real.data_ptr<bool>();
+  auto z = torch::empty_like(x);  // (rows (h d)): each head's weighted sum of the values
+  float* Z = z.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  at::parallel_for(0, rows * n_head, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p(slot + 1);
+    for (int64_t rh = begin; rh < end; ++rh) {
+      const int64_t r = rh / n_head, head = rh % n_head;
+      const float* q = QKV + r * 3 * e + head * d;
+      float* k_cache = K + (rh * slots) * d;  // (s d) of this row and head
+      float* v_cache = V + (rh * slots) * d;
+      std::memcpy(k_cache + slot * d, q + e, d * sizeof(float));  // this step's key and value
+      std::memcpy(v_cache + slot * d, q + 2 * e, d * sizeof(float));
+      float top = -INFINITY;
+      for (int64_t j = 0; j <= slot; ++j) {
+        p[j] = (j == slot || seen[r * slots + j]) ? dot(q, k_cache + j * d, d) * scale : -INFINITY;
+        top = std::max(top, p[j]);
+      }
+      float total = 0.0f;
+      for (int64_t j = 0; j <= slot; ++j) total += (p[j] = std::exp(p[j] - top));
+      float* out = Z + r * e + head * d;
+      std::fill(out, out + d, 0.0f);
+      for (int64_t j = 0; j <= slot; ++j) {
+        if (p[j] == 0.0f) continue;
+        const float weight = p[j] / total;
+        const float* v = v_cache + j * d;
+        for (int64_t i = 0; i < d; ++i) out[i] += weight * v[i];
+      }
+    }
+  });
+  x += product(z, w[5], w[6], w[7]);
+  layer_norm(x.data_ptr<float>(), h.data_ptr<float>(), rows, e, w[8].data_ptr<float>(), w[9].data_ptr<float>(), eps);
+  auto hidden = product(h, w[10], w[11], w[12]);  // (rows m)
+  at::gelu_(hidden, "tanh");
+  x += product(hidden, w[13], w[14], w[15]);
+}
+
+// tokens (rows) -> the final hidden state (rows e), after ln_f: embeddings, every block, ln_f, with
+// each layer's key and value written at `slot`. real (rows s) already marks slot as real.
+torch::Tensor decode_step(const torch::Tensor& tokens, const torch::Tensor& wte, const torch::Tensor& wpe,
+                          at::TensorList weights, at::TensorList keys, at::TensorList values, const torch::Tensor& real,
+                          const torch::Tensor& slot_tensor, const torch::Tensor& ln_f_weight,
+                          const torch::Tensor& ln_f_bias, int64_t n_head, double eps) {
+  const int64_t rows = tokens.size(0), e = wte.size(1), slot = slot_tensor.item<int64_t>(), layers = keys.size();
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == 16 * layers, "16 weight tensors a layer");
+  TORCH_CHECK(real.is_contiguous() && real.size(1) > slot, "real must be (rows s), slot < s");
+  auto x = torch::empty({rows, e}, wte.options());
+  const int64_t* ids = tokens.data_ptr<int64_t>();
+  const bool* seen = real.data_ptr<bool>();
+  for (int64_t r = 0; r < rows; ++r) {  // position: the real tokens before this one in its row
+    int64_t position = 0;
+    for (int64_t j = 0; j < slot; ++j) position += seen[r * real.size(1) + j];
+    const float *token = wte.data_ptr<float>() + ids[r] * e, *place = wpe.data_ptr<float>() + position * e;
+    float* xr = x.data_ptr<float>() + r * e;
+    for (int64_t i = 0; i < e; ++i) xr[i] = token[i] + place[i];
+  }
+  for (int64_t l = 0; l < layers; ++l)
+    block(x, weights.slice(16 * l, 16), keys[l], values[l], real, slot, n_head, static_cast<float>(eps));
+  auto out = torch::empty_like(x);
+  layer_norm(x.data_ptr<float>(), out.data_ptr<float>(), rows, e, ln_f_weight.data_ptr<float>(),
+             ln_f_bias.data_ptr<float>(), static_cast<float>(eps));
+  return out;
+}
+
 }  // namespace
 
-// An operator of PyTorch's own (torch.ops.minigpt.rows_product), not a Python function: the
+// Operators of PyTorch's own (torch.ops.minigpt.rows_product, .decode_step), not Python functions: the
 // profiler sees it and torch.compile can call it from a graph (rows.py gives its shape rule).
-TORCH_LIBRARY(minigpt, m) { m.def("rows_product(Tensor x, Tensor weight, Tensor scales, Tensor bias) -> Tensor"); }
+TORCH_LIBRARY(minigpt, m) {
+  m.def("rows_product(Tensor x, Tensor weight, Tensor scales, Tensor bias) -> Tensor");
+  m.def("decode_step(Tensor tokens, Tensor wte, Tensor wpe, Tensor[] weights, Tensor(a!)[] keys, Tensor(b!)[] values, "
+        "Tensor real, Tensor slot, Tensor ln_f_weight, Tensor ln_f_bias, int n_head, float eps) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(minigpt, CPU, m) { m.impl("rows_product", &product); }
+TORCH_LIBRARY_IMPL(minigpt, CPU, m) {
+  m.impl("rows_product", &product);
+  m.impl("decode_step", &decode_step);
+}

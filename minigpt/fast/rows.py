@@ -22,10 +22,14 @@ many times the caches, as in a real step), milliseconds for one row (one run, ta
 
 No PyTorch kernel reads int8 blocks with float32 activations at that speed: its weight-only
 `_weight_int8pack_mm` took 878 µs for one 768 x 3072 matrix (fbgemm 33 µs), Inductor's
-weight-only template compiled the whole step to 12.6 ms. At 4 rows rows.cpp is already slower
-(float32 11.67 against oneDNN's 10.68; int8 6.01 against fbgemm's 4.15) and at 8 rows twice as
-slow: the libraries' blocked kernels reuse each loaded weight across rows better. So the fast
-modules (packed.py, int8.py) hand it at most FEW_ROWS rows and give the libraries the rest.
+weight-only template compiled the whole step to 12.6 ms. At 4 rows rows.cpp was already slower
+there (float32 11.67 against oneDNN's 10.68; int8 6.01 against fbgemm's 4.15) and at 8 rows twice
+as slow: the libraries' blocked kernels reuse each loaded weight across rows better. Where the
+crossing lies depends on the CPU, so the fast modules (packed.py, int8.py) time rows.cpp against
+the libraries on the machine and give each row count to the faster (kernels.py).
+
+rows.cpp also holds `decode_step`: a GPT-2's whole decoding step for the same few rows, in one
+call (fused.py).
 
 The kernel is compiled on first use, for this machine (-march=native; about 20 s, then cached
 by PyTorch in ~/.cache/torch_extensions); where it cannot be built, every product goes to the
@@ -42,7 +46,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-FEW_ROWS = 2  # rows at most that `rows_product` takes: measured faster than the libraries at 1 and 2, slower at 4
 BLOCK = 32  # weights per int8 scale, and what a row's width must be a multiple of
 
 
@@ -69,6 +72,10 @@ def built() -> bool:
     def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor) -> Tensor:  # the shape rule torch.compile traces with
         return x.new_empty(x.shape[0], weight.shape[0])
 
+    @torch.library.register_fake("minigpt::decode_step")
+    def _(tokens: Tensor, wte: Tensor, *rest) -> Tensor:
+        return wte.new_empty(tokens.shape[0], wte.shape[1])
+
     return True
 
 
@@ -78,14 +85,9 @@ def fits(weight: Tensor) -> bool:
     return weight.device.type == "cpu" and weight.shape[1] % BLOCK == 0 and built()
 
 
-def takes(x: Tensor) -> bool:
-    """Whether `rows_product` is the faster kernel for x (... in): float32 and at most FEW_ROWS rows."""
-    return x.dtype == torch.float32 and x.numel() <= FEW_ROWS * x.shape[-1] and not x.requires_grad
-
-
 def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> Tensor:
     """x (... in) float32 -> x Wᵀ + b (... out) float32. weight (out in): float32, bfloat16, or
-    int8 with float16 scales (out in/32), W = weight · scale of its block. Check `fits` and `takes` first."""
+    int8 with float16 scales (out in/32), W = weight · scale of its block. Check `fits` first."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows in)
     empty = rows.new_empty(0)
     out = torch.ops.minigpt.rows_product(rows, weight, empty if scales is None else scales, empty if bias is None else bias)

@@ -15,14 +15,18 @@ PyTorch's defaults the compiled step was no faster than the eager one):
   from still holds, and over every module attribute that took 0.7 ms a step. So the step is traced
   once, as the model is when `compile_step` is first called: a hook set or a weight changed
   afterwards is not seen (compile a freshly loaded model after setting them).
-The compiled graph serves a step of one or two rows (batch 1, or 2); more rows, where the
-matrix products dominate, run the eager step (compiled, they measured slower at batch 8). The
-KV cache keeps one tensor per layer so that the graph writes it in place (kv_cache.py): with
-the layers as slices of one tensor, a compiled step copied the whole cache and took 68.9 ms at
-1024 slots against the eager 9.2; now 5.9 against 8.4 (4.4 against 6.0 at 64 slots).
+The compiled graph serves a step of one row (batch 1): more rows, where the matrix products
+dominate, run the eager step (compiled, they measured slower at batch 8), and so does batch 1
+where the eager step is fused (fused.py: its products are already one C++ call with no Python
+between them; on 2 EPYC cores, int8, the fused step took 4.5 ms, the module step compiled 4.9,
+and the fused step compiled 5.0). The KV cache keeps one tensor per layer so that the graph
+writes it in place (kv_cache.py): with the layers as slices of one tensor, a compiled step
+copied the whole cache and took 68.9 ms at 1024 slots against the eager 9.2; now 5.9 against
+8.4 (4.4 against 6.0 at 64 slots).
 
 The compiled step replaces the model's `next_logits` on this one model object (an attribute that
-shadows the method), so every decoder uses it without knowing; `del model.next_logits` undoes it.
+shadows the method), so every decoder uses it without knowing; `model.next_logits =
+model.next_logits.eager` undoes it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch
 from ..checks import check_choice
 from ..kv_cache import KVCache
 from ..model import GPT
-from .rows import FEW_ROWS
+from .fused import FusedStep
 
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -46,15 +50,17 @@ def compile_step(model: GPT, mode: str = "default") -> GPT:
     if not isinstance(model, GPT):
         raise ValueError(f"compile_step compiles a minigpt GPT's step, got {type(model).__name__}")
     check_choice("mode", mode, MODES)
-    if "next_logits" in vars(model):
+    eager = model.next_logits  # the method, or a fused step (fused.py)
+    if getattr(eager, "compiled", False):
         raise ValueError("the model's step is already compiled; compile_step a freshly loaded model, or "
-                         "`del model.next_logits` to undo the first")
-    eager = model.next_logits
+                         "`model.next_logits = model.next_logits.eager` to undo the first")
+    module_step = types.MethodType(GPT.next_logits, model)  # what is compiled: the modules' step, never a fused one
     if model.device.type == "cpu" and mode == "default":  # torch.compile takes a mode or options, not both
-        compiled = torch.compile(own_code(eager), fullgraph=True,
+        compiled = torch.compile(own_code(module_step), fullgraph=True,
                                  options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe})
     else:
-        compiled = torch.compile(eager, fullgraph=True, mode=mode)
+        compiled = torch.compile(module_step, fullgraph=True, mode=mode)
+    fused = eager.fused if isinstance(eager, FusedStep) else lambda rows, cache: False
 
     def next_logits(tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         if cache.device.type == "cuda":
@@ -64,13 +70,14 @@ def compile_step(model: GPT, mode: str = "default") -> GPT:
                 torch._dynamo.mark_static_address(tensor)
             # and the graph's output buffer is reused by the next replay: hand out a copy
             return compiled(tokens, cache).clone()
-        if tokens.shape[0] > FEW_ROWS:
+        if tokens.shape[0] > 1 or fused(1, cache):
             return eager(tokens, cache)
         # freezing: the weights become constants of the graph, which oneDNN-packed weights must be
         # (it is read when a graph is compiled, the first call and each new shape, so it is set here)
         with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
             return compiled(tokens, cache)
 
+    next_logits.compiled, next_logits.eager = True, eager
     model.next_logits = next_logits
     return model
 
