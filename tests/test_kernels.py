@@ -36,6 +36,11 @@ SAME = 1e-5  # relative to the largest |logit|: float32 sums in another order
 # weights and, in oneDNN, activations by 2^-9; int8 rounds weights by 1/254 of their block's or
 # row's largest and fbgemm the activations by 1/510 of their range. Measured up to 0.006 and 0.03.
 FORMAT_BOUND = {"float32": SAME, "bfloat16": 0.03, "int8": 0.1}
+# The fused step against the module step, both through rows.cpp: float32 sums in another order,
+# and for int8 also x rounded to 16-bit integers inside rows.cpp (one step: 1/32767 of the row's
+# largest), where the two steps' LayerNorms, a last bit apart, can land on either side of a
+# rounding. Measured over 60 random models: int8 up to 5e-5, the others up to 3e-7.
+FUSED_BOUND = {"float32": SAME, "bfloat16": SAME, "int8": 2e-4}
 
 
 @st.composite
@@ -162,10 +167,10 @@ def test_the_fused_step_equals_the_module_step(config, weights, seed, rows, data
     tokens = torch.randint(0, config.vocab_size, (rows,), generator=torch.Generator().manual_seed(seed))
     for _ in range(4):
         fused_logits, module_logits = step(tokens, caches[0]), GPT.next_logits(model, tokens, caches[1])
-        assert (fused_logits - module_logits).abs().max() <= SAME * module_logits.abs().max()
+        assert (fused_logits - module_logits).abs().max() <= FUSED_BOUND[weights] * module_logits.abs().max()
         tokens = module_logits.argmax(-1)
     for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
-        assert (a - b).abs().max() <= SAME * b.abs().max()
+        assert (a - b).abs().max() <= FUSED_BOUND[weights] * b.abs().max()
     assert torch.equal(caches[0].real, caches[1].real) and int(caches[0].end) == int(caches[1].end)
 
 

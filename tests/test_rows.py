@@ -1,5 +1,7 @@
 """rows.cpp, the decoding step's kernel for a few rows: the product it computes, in each
-weight format, against the same product in PyTorch with the weights widened to float32.
+weight format, against the same product in PyTorch with the weights widened to float32 (for
+int8, x too is rounded to 16-bit integers with one scale per row by quantize_blocks, as rows.cpp
+rounds it: the same float32 division and rounding, so both sides multiply the same numbers).
 
 Tolerance 1e-5 relative to the size of the terms (sum of |x| |W| per output): both sides add the
 same float32 products, in different orders (rows.cpp over 32 lanes, PyTorch over its own blocks),
@@ -34,8 +36,13 @@ def test_the_product_equals_pytorchs_on_the_widened_weights(rows, blocks, out, b
     x, w = torch.randn(rows, blocks * BLOCK), torch.randn(out, blocks * BLOCK)
     b = torch.randn(out) if bias else None
     weight, scales = quantize_blocks(w) if weights == "int8" else (w.to(getattr(torch, weights)), None)
-    expected = x @ widened(weight, scales).T + (0 if b is None else b)
-    scale_of_terms = x.abs() @ widened(weight, scales).abs().T  # (rows out)
+    if weights == "int8":  # x as rows.cpp multiplies it: 16-bit integers, one scale per row
+        q, s = quantize_blocks(x, block=x.shape[1], scales=torch.float32, bits=16)
+        seen = q.float() * s
+    else:
+        seen = x
+    expected = seen @ widened(weight, scales).T + (0 if b is None else b)
+    scale_of_terms = seen.abs() @ widened(weight, scales).abs().T  # (rows out)
     assert ((rows_product(x, weight, scales, b) - expected).abs() <= 1e-5 * (scale_of_terms + 1)).all()
 
 

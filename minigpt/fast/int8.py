@@ -9,9 +9,10 @@ kernel takes how many is measured on the machine: kernels.py):
 
       W ≈ q · s,   q = round(W / s) in [-127, 127],   s = max |W[block]| / 127,
 
-  multiplied by float32 activations in rows.cpp, which widens the weights as it streams them
-  (llama.cpp's q8_0 and gpt-fast's groupwise layout; unlike q8_0 the activations are not
-  quantized). A weight is off by at most s/2, 1/254 of its block's largest.
+  multiplied in rows.cpp by the activations rounded to 16-bit integers, one scale per row
+  (llama.cpp's q8_0 and gpt-fast's groupwise layout; q8_0 rounds the activations to 8 bits per
+  block, which changed greedy tokens far more often: rows.py). A weight is off by at most s/2,
+  1/254 of its block's largest.
 - more rows (a batch, beams, a prompt), where the product is no longer bound by memory: one scale
   per output row, in fbgemm's `quantized::linear_dynamic`, the fastest int8 matrix product this
   PyTorch offers on an x86 CPU. It quantizes the activations to uint8 on the fly (one scale per
@@ -80,7 +81,7 @@ def check_input(x: Tensor, q: Tensor) -> None:
 
 def int8_routes(weight: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> tuple[Routes, tuple | None]:
     """The kernels that multiply rows by the int8 weight, and its blocks of 32 (for rows.cpp, where
-    it fits). On the CPU: rows.cpp (blocks; float32 activations), fbgemm (per row; the activations
+    it fits). On the CPU: rows.cpp (blocks; the activations rounded to 16 bits), fbgemm (per row; the activations
     quantized to 8 bits on the fly, VNNI), PyTorch's weight-only `_weight_int8pack_mm` (per row;
     float32 activations). Elsewhere weight-only, W = Q · s dequantized inside the product
     (gpt-fast's recipe; compiled, the conversion fuses into the product's read of Q)."""

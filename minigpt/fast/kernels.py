@@ -18,7 +18,7 @@ the next, so `choose` times them here:
   at larger counts (PyTorch's weight-only int8 product runs a scalar loop on some CPUs, 25x slower).
 
 The choices are kept in a small JSON file, keyed by the CPU (model name and a digest of its flags),
-the torch version and the thread count, under the user's cache directory (`cache_path()`;
+the torch version, the thread count and rows.cpp's digest, under the user's cache directory (`cache_path()`;
 MINIGPT_CACHE_DIR moves it), so a model of the same shape on the same machine is not timed again;
 `clear_cache()` removes it. `report(model)` says what was chosen.
 """
@@ -205,8 +205,11 @@ def save_cache(cache: dict) -> None:
 
 
 def machine_key() -> str:
-    """What a choice holds for: the CPU's model name and a digest of its flags, torch, the threads."""
-    return f"{cpu_name()} flags:{cpu_flags_digest()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    """What a choice holds for: the CPU's model name and a digest of its flags, torch, the threads,
+    and a digest of rows.cpp (a changed kernel is timed again)."""
+    kernel = hashlib.sha256(Path(__file__).with_name("rows.cpp").read_bytes()).hexdigest()[:12]
+    return (f"{cpu_name()} flags:{cpu_flags_digest()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+            f" | rows.cpp {kernel}")
 
 
 def cpu_info() -> dict[str, str]:

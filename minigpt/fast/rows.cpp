@@ -1,9 +1,10 @@
 // y = x Wᵀ + b for the few rows of a decoding step, W streamed from memory once (rows.py says why).
 //
-// x (rows in) float32; W (out in) in one of three formats, each decoded to float32 as it is read;
-// b (out) float32 or empty; y (rows out) float32. Each thread takes a share of W's rows (the
-// outputs); each W row is read from memory once and, while it sits in the L1 cache, multiplied
-// by every row of x. Products accumulate in float32 over lanes of 32, summed once at the end.
+// x (rows in) float32; W (out in) float32, bfloat16 (widened to float32 as it is read) or int8 in
+// blocks of 32 (x then rounded to 16-bit integers, once a call); b (out) float32 or empty; y (rows
+// out) float32. Each thread takes a share of W's rows (the outputs); each W row is read from
+// memory once and, while it sits in the L1 cache, multiplied by every row of x. Products
+// accumulate over vector lanes, summed once at the end.
 
 #include <torch/extension.h>
 
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -43,67 +45,141 @@ float sum(Floats v) {  // the LANES lanes added up
 #endif
 }
 
-// Each format turns LANES weights starting at w[i] into floats; scale(row, block) is 1 but for int8.
+// Each float format turns LANES weights starting at w[i] into floats.
 struct Float32 {
   const float* w;
   Floats get(int64_t i) const { return load<Floats>(w + i); }
-  float scale(int64_t, int64_t) const { return 1.0f; }
 };
 
 struct BFloat16 {  // bfloat16 is float32's top 16 bits: shifting them back up is the exact conversion
   const uint16_t* w;
   Floats get(int64_t i) const { return (Floats)(__builtin_convertvector(load<Halves>(w + i), Words) << 16); }
-  float scale(int64_t, int64_t) const { return 1.0f; }
 };
 
-struct Int8Blocks {  // W[o][k] = q[o][k] * s[o][k / 32], s in float16 (2 bytes a block, as q8_0's)
-  const int8_t* q;
-  const c10::Half* s;
-  int64_t blocks;  // per row: in / 32
-  Floats get(int64_t i) const {
-#ifdef __AVX512F__  // sign-extend 16 bytes to 16 ints, then to floats: two instructions (GCC's generic
-                    // conversion of a byte vector goes through the scalar registers, 6x slower)
-    return (Floats)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i))));
-#else
-    Floats f;
-    for (int64_t k = 0; k < LANES; ++k) f[k] = q[i + k];
-    return f;
-#endif
-  }
-  float scale(int64_t row, int64_t block) const { return static_cast<float>(s[row * blocks + block]); }
-};
-
-// R rows of x (r0 to r0 + R) times W's row o: each block of W decoded once, used R times. R is a
-// compile-time number so that the 2 R accumulators stay in registers.
-template <int R, typename Weights>
-void block_of_rows(const float* x, int64_t r0, int64_t in, const Weights& w, int64_t o, int64_t out, const float* bias,
-                   float* y) {
-  Floats even[R] = {}, odd[R] = {};  // two per row: consecutive FMAs need not wait for each other
-  for (int64_t start = 0; start < in; start += BLOCK) {
-    const float s = w.scale(o, start / BLOCK);
-    const Floats w0 = w.get(o * in + start) * s, w1 = w.get(o * in + start + LANES) * s;
-    for (int r = 0; r < R; ++r) {
-      even[r] += w0 * load<Floats>(x + (r0 + r) * in + start);
-      odd[r] += w1 * load<Floats>(x + (r0 + r) * in + start + LANES);
-    }
-  }
-  for (int r = 0; r < R; ++r) y[(r0 + r) * out + o] = sum(even[r] + odd[r]) + (bias ? bias[o] : 0.0f);
-}
-
-template <typename Weights>
-void rows_times(const float* x, int64_t rows, int64_t in, const Weights& w, int64_t out, const float* bias, float* y) {
+// Each thread takes a share of W's rows (the outputs o); each is read from memory once, then from
+// the L1 cache by x's rows four at a time and the 3, 2 or 1 left: times.rows<R>(r0, o), R a
+// compile-time number so that its accumulators stay in registers.
+template <typename Times>
+void each_output(int64_t rows, int64_t out, const Times& times) {
   at::parallel_for(0, out, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) {  // W's row o is read from memory once, then from the L1 cache
+    for (int64_t o = begin; o < end; ++o) {
       int64_t r0 = 0;
-      for (; r0 + 4 <= rows; r0 += 4) block_of_rows<4>(x, r0, in, w, o, out, bias, y);
+      for (; r0 + 4 <= rows; r0 += 4) times.template rows<4>(r0, o);
       switch (rows - r0) {
-        case 3: block_of_rows<3>(x, r0, in, w, o, out, bias, y); break;
-        case 2: block_of_rows<2>(x, r0, in, w, o, out, bias, y); break;
-        case 1: block_of_rows<1>(x, r0, in, w, o, out, bias, y); break;
+        case 3: times.template rows<3>(r0, o); break;
+        case 2: times.template rows<2>(r0, o); break;
+        case 1: times.template rows<1>(r0, o); break;
       }
     }
   });
 }
+
+template <typename Weights>  // float32 or bfloat16 W times float32 x
+struct FloatTimes {
+  const float* x;
+  int64_t in;
+  Weights w;
+  int64_t out;
+  const float* bias;
+  float* y;
+
+  template <int R>
+  void rows(int64_t r0, int64_t o) const {
+    Floats even[R] = {}, odd[R] = {};  // two per row: consecutive FMAs need not wait for each other
+    for (int64_t start = 0; start < in; start += 2 * LANES) {
+      const Floats w0 = w.get(o * in + start), w1 = w.get(o * in + start + LANES);
+      for (int r = 0; r < R; ++r) {
+        even[r] += w0 * load<Floats>(x + (r0 + r) * in + start);
+        odd[r] += w1 * load<Floats>(x + (r0 + r) * in + start + LANES);
+      }
+    }
+    for (int r = 0; r < R; ++r) y[(r0 + r) * out + o] = sum(even[r] + odd[r]) + (bias ? bias[o] : 0.0f);
+  }
+};
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define MINIGPT_VNNI 1  // vpdpwssd: 32 products of 16-bit integers summed into 16 ints in one instruction
+#endif
+
+// x's rows as 16-bit integers, one scale per row: x ≈ q · s, s = max |x[row]| / 32767 in float32,
+// exactly as quantize_blocks(x, block=in, scales=torch.float32, bits=16) in rows.py. With W in int8
+// a block's 32 products are then integer products summed by one instruction, and the block costs
+// one convert and one multiply-add by W's scale (x's scale is applied once, at the end), where
+// widening each weight to float cost eight instructions a block: the weights stream from memory
+// instead of waiting on arithmetic. 16 bits, not 8 as llama.cpp's q8_0 activations: x is off by at
+// most 1/65534 of its row's largest, which left greedy tokens as float32 activations do, where 8
+// bits in blocks of 32 changed them on 11 more of 40 prompts of the model in the box (the note of
+// the commit that made this layout).
+struct QuantizedRows {
+  int64_t in;
+  std::vector<int16_t> q;  // (rows in)
+  std::vector<float> s;    // (rows)
+
+  QuantizedRows(const float* x, int64_t rows, int64_t in) : in(in), q(rows * in), s(rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* v = x + r * in;
+      float most = 0.0f;
+      for (int64_t k = 0; k < in; ++k) most = std::max(most, std::fabs(v[k]));
+      // an all-zero row's s is the smallest float, not 0, as in quantize_blocks
+      const float scale = s[r] = std::max(most / 32767.0f, std::numeric_limits<float>::denorm_min());
+      for (int64_t k = 0; k < in; ++k)
+        q[r * in + k] = static_cast<int16_t>(std::clamp(std::nearbyint(v[k] / scale), -32767.0f, 32767.0f));
+    }
+  }
+};
+
+// int8 W in blocks of 32, W[o][k] = q[o][k] · s[o][k / 32] (s float16, 2 bytes a block, as q8_0's),
+// times x's rows as above: y[o] = s_x · Σ_b s_W[o][b] Σ_k q_W q_x, each block's inner sum exact.
+struct Int8Times {
+  const QuantizedRows& x;
+  const int8_t* q;
+  const c10::Half* s;
+  int64_t out;
+  const float* bias;
+  float* y;
+
+  template <int R>
+  void rows(int64_t r0, int64_t o) const {
+    const int64_t in = x.in, blocks = in / BLOCK;
+    const int8_t* wq = q + o * in;
+    const c10::Half* ws = s + o * blocks;
+    const int16_t* xq = x.q.data() + r0 * in;
+#ifdef MINIGPT_VNNI
+    __m512 even[R], odd[R];  // two per row: consecutive FMAs need not wait for each other
+    for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+    const auto block = [&](__m512* total, int64_t b, __m512 scale) {  // W's block b times each x row's block b
+      const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * BLOCK)));
+      for (int r = 0; r < R; ++r) {
+        const __m512i sums = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(xq + r * in + b * BLOCK));
+        total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, total[r]);
+      }
+    };
+    float scales[16];  // W's float16 scales, 16 blocks' at a time in float32
+    for (int64_t b0 = 0; b0 < blocks; b0 += 16) {
+      const int64_t n = std::min<int64_t>(16, blocks - b0);
+      _mm512_storeu_ps(scales, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((1u << n) - 1, ws + b0)));
+      int64_t j = 0;
+      for (; j + 2 <= n; j += 2) {
+        block(even, b0 + j, _mm512_set1_ps(scales[j]));
+        block(odd, b0 + j + 1, _mm512_set1_ps(scales[j + 1]));
+      }
+      if (j < n) block(even, b0 + j, _mm512_set1_ps(scales[j]));
+    }
+    for (int r = 0; r < R; ++r)
+      y[(r0 + r) * out + o] = x.s[r0 + r] * _mm512_reduce_add_ps(even[r] + odd[r]) + (bias ? bias[o] : 0.0f);
+#else
+    for (int r = 0; r < R; ++r) {
+      float total = 0.0f;
+      for (int64_t b = 0; b < blocks; ++b) {
+        int32_t dot = 0;
+        for (int64_t k = 0; k < BLOCK; ++k) dot += wq[b * BLOCK + k] * xq[r * in + b * BLOCK + k];
+        total += dot * static_cast<float>(ws[b]);
+      }
+      y[(r0 + r) * out + o] = x.s[r0 + r] * total + (bias ? bias[o] : 0.0f);
+    }
+#endif
+  }
+};
 
 torch::Tensor product(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& scales,
                       const torch::Tensor& bias) {
@@ -112,27 +188,27 @@ torch::Tensor product(const torch::Tensor& x, const torch::Tensor& weight, const
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == in && weight.is_contiguous(), "W must be (out in)");
   TORCH_CHECK(in % BLOCK == 0, "in must be a multiple of 32");
   auto y = torch::empty({rows, out}, x.options());
-  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const float *X = x.data_ptr<float>(), *b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
   switch (weight.scalar_type()) {
     case torch::kFloat:
-      rows_times(x.data_ptr<float>(), rows, in, Float32{weight.data_ptr<float>()}, out, b, y.data_ptr<float>());
+      each_output(rows, out, FloatTimes<Float32>{X, in, {weight.data_ptr<float>()}, out, b, Y});
       break;
     case torch::kBFloat16:
-      rows_times(x.data_ptr<float>(), rows, in, BFloat16{reinterpret_cast<const uint16_t*>(weight.data_ptr())}, out, b,
-                 y.data_ptr<float>());
+      each_output(rows, out, FloatTimes<BFloat16>{X, in, {reinterpret_cast<const uint16_t*>(weight.data_ptr())}, out, b, Y});
       break;
-    case torch::kChar:
+    case torch::kChar: {
       TORCH_CHECK(scales.scalar_type() == torch::kHalf && scales.size(0) == out && scales.size(1) == in / BLOCK,
                   "scales must be (out in/32) float16");
-      rows_times(x.data_ptr<float>(), rows, in, Int8Blocks{weight.data_ptr<int8_t>(), scales.data_ptr<c10::Half>(), in / BLOCK},
-                 out, b, y.data_ptr<float>());
+      const QuantizedRows quantized(X, rows, in);
+      each_output(rows, out, Int8Times{quantized, weight.data_ptr<int8_t>(), scales.data_ptr<c10::Half>(), out, b, Y});
       break;
+    }
     default:
       TORCH_CHECK(false, "W must be float32, bfloat16 or int8");
   }
   return y;
 }
-
 
 // ---- a whole decoding step of a GPT-2, for the same few rows (fused.py says why) ----------------
 
