@@ -25,6 +25,7 @@ MINIGPT_CACHE_DIR moves it), so a model of the same shape on the same machine is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -207,9 +208,14 @@ def save_cache(cache: dict) -> None:
 def machine_key() -> str:
     """What a choice holds for: the CPU's model name and a digest of its flags, torch, the threads,
     and a digest of rows.cpp (a changed kernel is timed again)."""
-    kernel = hashlib.sha256(Path(__file__).with_name("rows.cpp").read_bytes()).hexdigest()[:12]
     return (f"{cpu_name()} flags:{cpu_flags_digest()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-            f" | rows.cpp {kernel}")
+            f" | rows.cpp {rows_digest()}")
+
+
+@functools.cache
+def rows_digest() -> str:
+    """rows.cpp's digest, read once a process (machine_key is asked by every optimize)."""
+    return hashlib.sha256(Path(__file__).with_name("rows.cpp").read_bytes()).hexdigest()[:12]
 
 
 def cpu_info() -> dict[str, str]:

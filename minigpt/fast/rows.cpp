@@ -108,8 +108,7 @@ struct FloatTimes {
 // widening each weight to float cost eight instructions a block: the weights stream from memory
 // instead of waiting on arithmetic. 16 bits, not 8 as llama.cpp's q8_0 activations: x is off by at
 // most 1/65534 of its row's largest, which left greedy tokens as float32 activations do, where 8
-// bits in blocks of 32 changed them on 11 more of 40 prompts of the model in the box (the note of
-// the commit that made this layout).
+// bits in blocks of 32 changed them on 11 more of 40 prompts of the model in the box (rows.py).
 struct QuantizedRows {
   int64_t in;
   std::vector<int16_t> q;  // (rows in)
