@@ -1,5 +1,5 @@
-"""Decoders: logits -> tokens. Greedy, sampling, beam search, diverse beam search and contrastive
-search over a KV-cached GPT, with transformers' generate() semantics, and small logits processors
+"""Decoders: logits -> tokens. Greedy, sampling, beam search, diverse beam search, contrastive
+search and speculative decoding (a draft model guessing ahead) over a KV-cached GPT, with transformers' generate() semantics, and small logits processors
 they compose."""
 
 from . import processors
@@ -11,6 +11,7 @@ from .greedy import greedy
 from .options import DecodingOptions
 from .records import BeamTree, TreeStep
 from .sampling import sample
+from .speculative import speculative
 
-__all__ = ["greedy", "sample", "beam_search", "diverse_beam_search", "contrastive_search", "DecoderModel", "Generation",
+__all__ = ["greedy", "sample", "speculative", "beam_search", "diverse_beam_search", "contrastive_search", "DecoderModel", "Generation",
            "DecodingOptions", "BeamTree", "TreeStep", "sequence_logprob", "processors"]

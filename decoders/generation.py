@@ -44,6 +44,9 @@ class Generation:
     # returned row's path through it, (b, new): its candidate's index at each step (-1 past its end)
     tree: BeamTree | None = None
     paths: Tensor | None = None
+    # speculative decoding: per row (b,), the draft's guesses and how many of them the model accepted
+    proposed: Tensor | None = None
+    accepted: Tensor | None = None
 
     @property
     def new_tokens(self) -> Tensor:

@@ -15,7 +15,7 @@ import math
 from typing import Callable, Protocol
 
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from .hooks import HookPoint
@@ -46,9 +46,11 @@ class Attention(Protocol):
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float,
-                       at: CausalSelfAttention) -> Tensor:
-    """Scores, mask, softmax, weighted sum: the four steps, one line each."""
+                       at: CausalSelfAttention, bias: Tensor | None = None) -> Tensor:
+    """Scores, mask, softmax, weighted sum: the four steps, one line each. bias (b h t s), if
+    given, is added to the scores first (ALiBi's distance penalty, components/alibi.py)."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (b h t s)
+    scores = scores if bias is None else scores + bias
     scores = at.hook_scores(scores.masked_fill(~allowed, float("-inf")))
     # softmax in float32: in float16 the exponentials of large scores overflow
     pattern = at.hook_pattern(scores.float().softmax(dim=-1).to(v.dtype))  # (b h t s), each row sums to 1
@@ -63,23 +65,44 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, attend: AttendFn = explicit_attention):
+    """GPT-2's attention, and the swaps that live inside it (components/): n_kv_head < n_head
+    key/value heads, each shared by n_head / n_kv_head query heads (grouped-query attention,
+    Ainslie et al. 2023; one: multi-query), so the KV cache holds n_kv_head heads; `qk_norm`, a
+    norm made for the head width and applied to each head's queries and keys (Dehghani et al. 2023),
+    and `rotary`, which turns them by their positions (components/rope.py), both before the keys
+    are cached."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, attend: AttendFn = explicit_attention, *,
+                 n_kv_head: int | None = None, qk_norm: Callable[[int], nn.Module] | None = None,
+                 rotary: nn.Module | None = None):
         super().__init__()
-        self.n_head = n_head
+        self.n_head, self.n_kv_head = n_head, n_kv_head or n_head
         self.attend = attend
         self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # x -> q, k, v for all heads at once
+        self.head_dim = d = n_embd // n_head
+        self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * d)  # x -> q, k, v for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd)  # heads, concatenated -> back to the residual stream
         self.resid_dropout = nn.Dropout(dropout)
+        self.q_norm, self.k_norm = (qk_norm(d), qk_norm(d)) if qk_norm is not None else (None, None)
+        self.rotary = rotary
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
-        """x (b t e) -> (b t e). kv, with a cache: stores this call's keys and values, returns all (b h s d)."""
-        q, k, v = rearrange(self.c_attn(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # (b h t d): this call's positions
+        """x (b t e) -> (b t e). kv, with a cache: stores this call's keys and values, returns all (b g s d)."""
+        h, g = self.n_head, self.n_kv_head  # query heads, key/value heads (g = h but for grouped-query attention)
+        q, k, v = self.c_attn(x).split([h * self.head_dim, g * self.head_dim, g * self.head_dim], dim=-1)
+        q = rearrange(q, "b t (h d) -> b h t d", h=h)
+        k, v = (rearrange(part, "b t (g d) -> b g t d", g=g) for part in (k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q, k, allowed)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # (b h t d), (b g t d): this call's positions
         if kv is not None:
-            k, v = kv(k, v)  # (b h s d): every position so far
+            k, v = kv(k, v)  # (b g s d): every position so far
+        if g < h:  # each key/value head serves h / g query heads, in order
+            k, v = (repeat(part, "b g s d -> b (g r) s d", r=h // g) for part in (k, v))
         out = self.attend(q, k, v, allowed, self.dropout if self.training else 0.0, self)  # (b h t d)
         z = self.hook_z(rearrange(out, "b h t d -> b t h d"))  # each head's output
         return self.resid_dropout(self.c_proj(rearrange(z, "b t h d -> b t (h d)")))

@@ -6,10 +6,10 @@ from typing import Protocol
 
 from torch import Tensor, nn
 
-from .attention import AttendFn, Attention, CausalSelfAttention, KVWrite, explicit_attention
+from .attention import AttendFn, Attention, KVWrite
+from .components import make_attention, make_mlp, make_norm
 from .config import GPTConfig
 from .hooks import HookPoint
-from .mlp import MLP
 
 
 class Block(Protocol):
@@ -35,11 +35,8 @@ class TransformerBlock(nn.Module):
         return x + self.hook_mlp_out(self.mlp(self.ln_2(x)))
 
 
-def gpt2_block(config: GPTConfig, attend: AttendFn = explicit_attention) -> TransformerBlock:
-    """The block GPT-2 uses. Pass `functools.partial(gpt2_block, attend=fused_attention)` to swap kernels."""
-    return TransformerBlock(
-        ln_1=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
-        attn=CausalSelfAttention(config.n_embd, config.n_head, config.dropout, attend),
-        ln_2=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
-        mlp=MLP(config.n_embd, config.mlp_width, config.dropout),
-    )
+def gpt2_block(config: GPTConfig, attend: AttendFn | None = None) -> TransformerBlock:
+    """The block GPT-2 uses, with the components the config swaps in (components/). Pass
+    `functools.partial(gpt2_block, attend=fused_attention)` to swap the attention kernel."""
+    return TransformerBlock(ln_1=make_norm(config), attn=make_attention(config, attend), ln_2=make_norm(config),
+                            mlp=make_mlp(config))

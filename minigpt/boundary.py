@@ -69,9 +69,9 @@ def check_cache(model: GPT, cache: object, batch: int) -> None:
         raise ValueError(f"cache must be a KVCache (model.new_cache(batch, max_length)), got {type(cache).__name__}")
     config = model.config
     n_layer, rows, n_head, _, head_dim = cache.shape
-    if (n_layer, n_head, head_dim) != (config.n_layer, config.n_head, config.head_dim):
+    if (n_layer, n_head, head_dim) != (config.n_layer, config.kv_heads, config.head_dim):
         raise ValueError(f"the cache was made for another model: {n_layer} layers x {n_head} heads x {head_dim} "
-                         f"wide, this one has {config.n_layer} x {config.n_head} x {config.head_dim}; "
+                         f"wide, this one has {config.n_layer} x {config.kv_heads} x {config.head_dim}; "
                          "use model.new_cache(batch, max_length)")
     if cache.dtype != model.dtype or cache.device != model.device:
         raise ValueError(f"the cache holds {cache.dtype} on {cache.device}, the model computes "

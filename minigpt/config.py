@@ -4,6 +4,11 @@ Mirrors the fields of `transformers.GPT2Config` that change the architecture. A 
 understand is an error rather than a silent default: a config that asks for another activation or
 a scaled attention describes a model this code does not build, and loading weights into it
 would give wrong logits without a word.
+
+The last six fields name swapped-in components (minigpt/components/); their defaults are GPT-2's.
+A config that swaps any is written to config.json with `"model_type": "minigpt"` and the swaps
+under `minigpt_components`, so `load_gpt2` builds the same model again and transformers refuses
+the file rather than loading it as a GPT-2 with wrong logits.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checks import check_float, check_int, check_readable, few
+from .checks import check_choice, check_float, check_int, check_readable, few
 
 END_OF_TEXT_ID = 50256
+VARIANT_TYPE = "minigpt"  # config.json's model_type for a model with swapped components
+COMPONENTS = {"position": ("learned", "rope", "alibi"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+COMPONENT_DEFAULTS = {"position": "learned", "norm": "layernorm", "mlp": "gelu", "n_kv_head": None, "qk_norm": False,
+                      "window": None}
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,13 @@ class GPTConfig:
     n_positions: int = 1024  # the context: how many positions have an embedding
     layer_norm_epsilon: float = 1e-5
     dropout: float = 0.0  # one rate for embeddings, attention weights and residuals
+    # components (minigpt/components/), GPT-2's by default
+    position: str = "learned"  # "learned" (an embedding added to the tokens'), "rope" or "alibi" (inside attention)
+    norm: str = "layernorm"  # or "rmsnorm"
+    mlp: str = "gelu"  # GELU (tanh) MLP, or "swiglu"
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: one per query head
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the scores
+    window: int | None = None  # sliding-window attention: each query sees at most this many tokens (itself included)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions"):
@@ -41,21 +57,55 @@ class GPTConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd / n_head dimensions"
             )
+        for name, choices in COMPONENTS.items():
+            check_choice(name, getattr(self, name), choices)
+        if self.n_kv_head is not None:
+            check_int("n_kv_head", self.n_kv_head, 1, self.n_head)
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): each key/value "
+                                 "head serves the same number of query heads")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r:.40}")
+        if self.window is not None:
+            check_int("window", self.window, low=1)
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions turn pairs of a head's dimensions, but the head width "
+                             f"n_embd / n_head = {self.head_dim} is odd")
 
     @property
     def parameter_count(self) -> int:
         """Parameters of the model this config describes (the tied head counted once)."""
-        e, m = self.n_embd, self.mlp_width  # model width, MLP width
-        block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * m + m) + (m * e + e)  # 2 LayerNorms, attn, mlp
-        return (self.vocab_size + self.n_positions) * e + self.n_layer * block + 2 * e
+        e, m, d = self.n_embd, self.mlp_width, self.head_dim  # model width, MLP width, head width
+        qkv = (self.n_head + 2 * self.kv_heads) * d  # c_attn's outputs
+        fc = 2 * m if self.mlp == "swiglu" else m  # SwiGLU's c_fc makes the gate and the value
+        per_width = 2 if self.norm == "layernorm" else 1  # a norm's parameters per unit: RMSNorm has no bias
+        qk_norms = 2 * per_width * d if self.qk_norm else 0  # one norm for the queries, one for the keys
+        block = 2 * per_width * e + (e * qkv + qkv) + qk_norms + (e * e + e) + (e * fc + fc) + (m * e + e)
+        positions = self.n_positions * e if self.position == "learned" else 0
+        return self.vocab_size * e + positions + self.n_layer * block + per_width * e
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or one per query head (GPT-2's multi-head attention)."""
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
     def mlp_width(self) -> int:
-        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+        """n_inner, else 4 n_embd (GPT-2); SwiGLU's three matrices take 8/3 n_embd (rounded up to a
+        multiple of 8), which keeps the parameters of GELU's two (Shazeer 2020, section 2)."""
+        if self.n_inner is not None:
+            return self.n_inner
+        return 4 * self.n_embd if self.mlp == "gelu" else -(-8 * self.n_embd // 24) * 8
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The components swapped in, as config.json keeps them: {field: value} where not GPT-2's."""
+        return {name: getattr(self, name) for name, default in COMPONENT_DEFAULTS.items()
+                if getattr(self, name) != default}
 
     # ---- presets -------------------------------------------------------------------------------
 
@@ -90,6 +140,7 @@ class GPTConfig:
         """Build from the keys transformers writes for GPT-2; refuse what would change the model."""
         if not isinstance(fields, dict):
             raise ValueError(f"a GPT-2 config is a dict of config.json's keys, got {type(fields).__name__}")
+        fields, components = _components_of(fields)
         unknown = sorted(set(fields) - set(_USED) - set(_MUST_EQUAL) - _IGNORED)
         if unknown:
             raise ValueError(f"unknown config field(s) {few(unknown)}: minigpt does not know what they change")
@@ -113,7 +164,7 @@ class GPTConfig:
             kwargs["dropout"] = next(iter(rates.values()))
         if "n_positions" not in fields and "n_ctx" in fields:
             kwargs["n_positions"] = fields["n_ctx"]
-        return cls(**kwargs)
+        return cls(**kwargs, **components)
 
     def to_hf_dict(self, eos_token_id: int | None = None) -> dict[str, Any]:
         """The config.json that transformers and the hub expect for these weights. eos_token_id:
@@ -127,7 +178,26 @@ class GPTConfig:
         if eos_token_id is not None:
             fields |= {"bos_token_id": check_int("eos_token_id", eos_token_id, 0, self.vocab_size - 1),
                        "eos_token_id": eos_token_id}
+        if self.components:  # not a GPT-2: transformers must not load it as one
+            fields |= {"model_type": VARIANT_TYPE, "architectures": ["MiniGPT"], "minigpt_components": self.components}
         return fields
+
+
+def _components_of(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """config.json's keys without the variant's marks, and the components it swaps in (none for a GPT-2)."""
+    if fields.get("model_type") != VARIANT_TYPE:
+        if "minigpt_components" in fields:
+            raise ValueError(f"minigpt_components is only read with model_type {VARIANT_TYPE!r}, "
+                             f"not {fields.get('model_type')!r}")
+        return fields, {}
+    components = fields.get("minigpt_components")
+    if not isinstance(components, dict) or not components:
+        raise ValueError(f"model_type {VARIANT_TYPE!r} needs minigpt_components: a non-empty object naming the swaps")
+    unknown = sorted(set(components) - set(COMPONENT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown component(s) {few(unknown)} in minigpt_components; known: {', '.join(COMPONENT_DEFAULTS)}")
+    rest = {k: v for k, v in fields.items() if k not in ("model_type", "minigpt_components", "architectures")}
+    return rest, components
 
 
 # config.json key -> GPTConfig field

@@ -14,12 +14,14 @@ queries see):
 
     embed                                   b t e   token + position embedding
     blocks.{i}.resid_pre                    b t e   the residual stream entering block i
-    blocks.{i}.attn.q / .k / .v             b h t d this call's queries, keys, values
+    blocks.{i}.attn.q / .k / .v             b h t d this call's queries, keys, values (k, v: b g t d,
+                                                    the key/value heads, under grouped-query attention)
     blocks.{i}.attn.scores                  b h t s scaled and masked, before the softmax
     blocks.{i}.attn.pattern                 b h t s the softmax: where each query looks
     blocks.{i}.attn.z                       b t h d each head's weighted sum, before c_proj
     blocks.{i}.attn_out, .resid_mid         b t e   attention's output; the stream after adding it
-    blocks.{i}.mlp.pre / .mlp.post          b t m   before and after the activation
+    blocks.{i}.mlp.pre / .mlp.post          b t m   before and after the activation (SwiGLU's pre: b t 2m,
+                                                    its gate and its value)
     blocks.{i}.mlp_out, .resid_post         b t e   the MLP's output; the stream leaving block i
     ln_f                                    b t e   after the final LayerNorm
     logits                                  b t v

@@ -11,7 +11,8 @@ Everything a step reads or writes has the same shape every step, and the count o
 so it can be compiled as one graph (and captured as a CUDA graph). Attention runs over all s
 slots; the slots not yet written are simply not real, so no query sees them.
 
-Layout: keys and values, one (b h s d) tensor per layer (separate tensors, not slices of one: a
+Layout: keys and values, one (b h s d) tensor per layer (h: the key/value heads, fewer than the
+query heads under grouped-query attention) (separate tensors, not slices of one: a
 compiled step then writes each in place, where slices of one tensor it would copy whole every
 step); real (b s); l layers, s = max_length slots. Passed in explicitly: `model(ids, cache=cache)`.
 """
@@ -58,7 +59,8 @@ class KVCache:
         """A cache shaped for `model`, on its device and in its dtype."""
         config = model.config
         check_int("max_length", max_length, 1, config.n_positions)  # more positions than the model has embeddings for
-        return cls(config.n_layer, batch, config.n_head, config.head_dim, max_length, device=model.device, dtype=model.dtype)
+        return cls(config.n_layer, batch, config.kv_heads, config.head_dim, max_length, device=model.device,
+                   dtype=model.dtype)
 
     @staticmethod
     def bytes_needed(shape: tuple[int, ...], dtype: torch.dtype) -> int:
@@ -70,7 +72,7 @@ class KVCache:
     def bytes_for(model: torch.nn.Module, batch: int, max_length: int) -> int:
         """What `for_model(model, batch, max_length)` would allocate, without allocating it."""
         config = model.config
-        return KVCache.bytes_needed((config.n_layer, batch, config.n_head, max_length, config.head_dim), model.dtype)
+        return KVCache.bytes_needed((config.n_layer, batch, config.kv_heads, max_length, config.head_dim), model.dtype)
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
@@ -123,6 +125,33 @@ class KVCache:
         keys.index_copy_(2, slots, k)
         values.index_copy_(2, slots, v)
         return keys, values
+
+    def keep(self, start: int, kept: Tensor) -> None:
+        """Roll back what was written from slot `start` on: row i keeps its first kept[i] of those
+        slots and the rest become holes (not real, so attention skips them and positions do not
+        count them: a row's logits are those it gets without them); the cache then ends at
+        start + max(kept). Speculative decoding keeps the proposals each row accepted."""
+        slots = torch.arange(self.max_length, device=self.real.device)  # (s)
+        self.real &= (slots < start) | (slots < start + kept[:, None])  # (b s)
+        self.end.fill_(start + int(kept.max()))
+
+    def compact(self) -> None:
+        """Squeeze out the holes: each row's real slots moved, in order, to the end of the first w
+        slots (w: the most real slots of any row; rows with fewer start with padding), as a
+        left-padded prefill of the same tokens would have written them."""
+        filled = self.length
+        real = self.real[:, :filled]  # (b s)
+        count = real.sum(dim=1, keepdim=True)  # (b 1)
+        width = int(count.max())
+        in_order = torch.sort((~real).int(), dim=1, stable=True).indices  # (b s): each row's real slots first
+        at = torch.arange(width, device=real.device)[None, :] - (width - count)  # (b w): which real slot goes there
+        source = in_order.gather(1, at.clamp(min=0))  # (b w); padding takes any slot, masked below
+        for tensor in self.keys + self.values:  # (b h s d)
+            b, h, _, d = tensor.shape
+            tensor[:, :, :width] = tensor.gather(2, source[:, None, :, None].expand(b, h, width, d))
+        self.real.zero_()
+        self.real[:, :width] = at >= 0
+        self.end.fill_(width)
 
     def reorder(self, rows: Tensor) -> None:
         """Row i becomes old row rows[i] (beam search keeps the beams it chose)."""

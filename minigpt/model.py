@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .block import Block, gpt2_block
 from .boundary import check_construction, check_inputs
+from .components import RMSNorm, make_norm
 from .config import GPTConfig
 from .embedding import TokenEmbedding
 from .head_mask import head_gates
@@ -50,10 +51,11 @@ class GPT(nn.Module):
         check_construction(config, make_block)
         self.config = config
         self.wte = TokenEmbedding(config.vocab_size, config.n_embd)  # token -> vector; also the output head
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # position -> vector (learned)
+        # position -> vector (learned); rotary and ALiBi positions live inside attention instead
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd) if config.position == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_f = make_norm(config)
         self.hook_embed, self.hook_ln_f, self.hook_logits = HookPoint(), HookPoint(), HookPoint()
         self.hook_resid_pre = [HookPoint() for _ in range(config.n_layer)]  # named blocks.{i}.resid_pre
         self.hook_resid_post = [HookPoint() for _ in range(config.n_layer)]  # named blocks.{i}.resid_post
@@ -75,7 +77,8 @@ class GPT(nn.Module):
         else:
             real, slots = cache.append(real)  # the cache places the new positions: real is now (b s), every slot
         positions, allowed = visibility(real, slots)  # (b t), (b 1 t s)
-        x = self.hook_embed(self.drop(self.wte(input_ids) + self.wpe(positions)))  # (b t e)
+        x = self.wte(input_ids) if self.wpe is None else self.wte(input_ids) + self.wpe(positions)  # (b t e)
+        x = self.hook_embed(self.drop(x))
         for layer, block in enumerate(self.blocks):
             kv = cache.writer(layer, slots) if cache is not None else None
             x = self.hook_resid_pre[layer](x)
@@ -199,3 +202,5 @@ def _init_gpt2_weights(module: nn.Module) -> None:
     if isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+    if isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)

@@ -23,12 +23,18 @@ reduction: a share above 100% means the step runs at the machine's read bandwidt
 
 Agreement: greedy tokens at batch 1 from `--agreement-prompts` prompts, compared with minigpt's
 float32 as loaded, on the random weights and on the model in the box (trained weights).
+
+Speculative decoding: greedy at batch 1 with a draft guessing 4 tokens a round, against plain
+greedy on the same model (both fast float32), taking turns: how many guesses the model accepted
+and the tokens/s of each; on the model in the box with its shipped draft, and on the random
+weights with a draft cut from them (their first 2 blocks).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -44,9 +50,9 @@ from pathlib import Path
 import torch
 
 import decoders
-from common import (DTYPES, Parser, add_threads_argument, machine_line, option, positive_int, random_gpt2_checkpoint, run,
-                    seconds, table)
-from minigpt import Tokenizer
+from common import (DTYPES, SHIPPED_DRAFT, Parser, add_threads_argument, machine_line, option, positive_int,
+                    random_gpt2_checkpoint, run, seconds, table)
+from minigpt import GPT, Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
 from minigpt.fast import WEIGHT_FORMATS, cache_path, compile_step, describe, optimize
@@ -287,6 +293,7 @@ def main(args: argparse.Namespace) -> int:
         bound(models, args.prompt_tokens + n, args.repeats)
         # the compiled steps are left out: they choose their eager models' tokens (tests/test_fast.py)
         agreement({"minigpt": ours} | fast, engines, directory, config.vocab_size, n, args.agreement_prompts, threads)
+    speculation(directory, args.device, n, args.repeats)
     cache = ours.new_cache(1, args.prompt_tokens + n)
     per_token = cache.nbytes / cache.max_length
     print(f"\nKV cache: {cache.nbytes / 2**20:.1f} MiB for 1 row x {cache.max_length} positions "
@@ -380,6 +387,42 @@ def agreement(models: dict, engines: dict, directory: Path, vocab_size: int, new
     rows = [[name] + [f"{sum(c[name]) / count:.1f} ({sum(x == new_tokens for x in c[name])}/{count})"
                       if name in c else "-" for _, c in columns] for name in names]
     print(table(rows, ["engine", *(w for w, _ in columns)]))
+
+
+def speculation(directory: Path, device: str, new_tokens: int, repeats: int, guesses: int = 4) -> None:
+    """Speculative decoding (greedy, batch 1, `guesses` a round) against plain greedy on the same
+    model, taking turns: on the model in the box with its shipped draft, Shakespeare prompts; and on
+    the random-weight model with a 2-layer draft cut from it (its embeddings, first 2 blocks and
+    head): unrelated random weights would agree on almost nothing, this draft agrees as far as 2
+    blocks already decide the model's argmax. Both models fast float32 (`optimize`)."""
+    g = torch.Generator().manual_seed(2)
+    text = load_tokenizer(SHAKESPEARE).encode(shakespeare()["the-tempest"])
+    start = int(torch.randint(0, len(text) - 16, (1,), generator=g))
+    full = load_gpt2(directory)
+    cut = dataclasses.replace(full.config, n_layer=2)
+    draft = GPT(cut).eval()
+    draft.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("blocks.")
+                           or int(k.split(".")[1]) < 2})
+    pairs = {"the model in the box + its draft": (load_gpt2(SHAKESPEARE), load_gpt2(SHIPPED_DRAFT),
+                                                  torch.tensor([text[start:start + 16]])),
+             "random gpt2 shape + its first 2 blocks": (full, draft,
+                                                        torch.randint(0, full.config.vocab_size, (1, 16), generator=g))}
+    print(f"\nSpeculative decoding: greedy at batch 1, {new_tokens} new tokens, {guesses} guesses a round, both "
+          "models fast float32; tokens/s against plain greedy on the same model, median of turns")
+    rows = []
+    for name, (model, small, ids) in pairs.items():
+        model, small, ids = optimize(model.to(device)), optimize(small.to(device)), ids.to(device)
+        out = decoders.speculative(model, small, ids, max_new_tokens=new_tokens, draft_tokens=guesses)
+        assert torch.equal(out.sequences, decoders.greedy(model, ids, max_new_tokens=new_tokens).sequences)
+        with torch.no_grad():
+            plain, drafted = timed([lambda: decoders.greedy(model, ids, max_new_tokens=new_tokens),
+                                    lambda: decoders.speculative(model, small, ids, max_new_tokens=new_tokens,
+                                                                 draft_tokens=guesses)], device, repeats)
+        accepted, proposed = int(out.accepted.sum()), int(out.proposed.sum())
+        rows.append([name, f"{model.config.parameter_count / 1e6:.1f}M / {small.config.parameter_count / 1e6:.1f}M",
+                     f"{accepted}/{proposed} ({accepted / max(proposed, 1):.0%})", f"{new_tokens / plain:.1f}",
+                     f"{new_tokens / drafted:.1f} ({plain / drafted:.2f}x)"])
+    print(table(rows, ["model + draft", "parameters", "guesses accepted", "greedy tok/s", "speculative tok/s"]))
 
 
 def same_prefix(tokens: list[list[int]], reference: list[list[int]]) -> list[int]:

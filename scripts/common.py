@@ -29,7 +29,8 @@ from decoders import DecodingOptions
 from minigpt import GPT, GPTConfig, Tokenizer
 from minigpt.fast import WEIGHT_FORMATS, optimize
 from minigpt.checks import check_device
-from weights import SHAKESPEARE, find_cached, hub_cache_dir, load_gpt2, load_tokenizer, locate, save_gpt2
+from weights import (SHAKESPEARE, SHAKESPEARE_DRAFT, find_cached, hub_cache_dir, load_gpt2, load_tokenizer, locate,
+                     save_gpt2)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -101,6 +102,7 @@ for _type, _name in ((positive_int, "integer"), (non_negative_int, "integer"), (
 # ---- the model ----------------------------------------------------------------------------------
 
 SHIPPED = SHAKESPEARE  # the small model trained on Shakespeare, in weights/shakespeare
+SHIPPED_DRAFT = SHAKESPEARE_DRAFT  # its draft for speculative decoding (2 layers, 128 wide)
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -245,9 +247,9 @@ def early_stopping(value: str) -> bool | str:
 
 
 def run_decoder(name: str, args: argparse.Namespace, model: GPT, ids: torch.Tensor, options: DecodingOptions, **extra):
-    """The decoder the scripts call `name` (greedy, beam, diverse, sample, contrastive) with the
-    options the arguments give; `extra` (on_token, say) goes to the decoder too."""
-    common = dict(max_new_tokens=args.max_new_tokens, options=options, **extra)
+    """The decoder the scripts call `name` (greedy, beam, diverse, sample, contrastive, speculative)
+    with the options the arguments give; `extra` (on_token, say; speculative's draft) goes to the decoder too."""
+    common = dict(max_new_tokens=args.max_new_tokens, options=options, **{k: v for k, v in extra.items() if k != "draft"})
     beams = dict(num_beams=args.num_beams, length_penalty=args.length_penalty,
                  early_stopping=early_stopping(args.early_stopping), num_return_sequences=args.num_return_sequences)
     if name == "greedy":
@@ -260,13 +262,15 @@ def run_decoder(name: str, args: argparse.Namespace, model: GPT, ids: torch.Tens
     if name == "contrastive":
         return decoders.contrastive_search(model, ids, penalty_alpha=args.penalty_alpha,
                                            top_k=4 if args.top_k is None else args.top_k, **common)
+    if name == "speculative":
+        return decoders.speculative(model, extra["draft"], ids, draft_tokens=args.draft_tokens, **common)
     sampling = dict(temperature=args.temperature, top_k=args.top_k or 0, top_p=args.top_p, min_p=args.min_p,
                     typical_p=args.typical_p, num_return_sequences=args.num_return_sequences,
                     generator=torch.Generator(device=args.device).manual_seed(args.seed))
     return decoders.sample(model, ids, **(sampling | common))
 
 
-DECODER_NAMES = ["greedy", "beam", "diverse", "sample", "contrastive"]
+DECODER_NAMES = ["greedy", "beam", "diverse", "sample", "contrastive", "speculative"]
 
 
 # ---- the analysis scripts --------------------------------------------------------------------

@@ -4,6 +4,11 @@
     python scripts/generate.py --prompt "ROMEO:" --decoder sample --top-p 0.9 --seed 1
     python scripts/generate.py --prompt "ROMEO:" --decoder contrastive --penalty-alpha 0.6 --top-k 4
     python scripts/generate.py --weights gpt2-medium --prompt "..." --decoder diverse --num-beams 4
+    python scripts/generate.py --prompt "ROMEO:" --decoder speculative --draft-tokens 4   # greedy's text, drafted
+
+--decoder speculative is greedy decoding with a draft model guessing --draft-tokens tokens ahead
+(decoders.speculative): the same text as greedy, and how many guesses the model accepted. The
+draft (--draft) defaults to the one shipped beside the model in the box.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 import argparse
 import codecs
 import sys
+from pathlib import Path
 
 import torch
 
-from common import (DECODER_NAMES, Parser, add_decoder_arguments, add_model_arguments, eos_token_id, load_model,
-                    prompt_ids, run, run_decoder, shared_options)
+from common import (DECODER_NAMES, DTYPES, SHIPPED_DRAFT, Parser, add_decoder_arguments, add_model_arguments,
+                    eos_token_id, load_model, option, prompt_ids, run, run_decoder, shared_options)
+from minigpt import GPT, Tokenizer
+from weights import load_gpt2, load_tokenizer
+from weights.locate import home_expanded
 
 
 def parser() -> Parser:
@@ -24,6 +33,9 @@ def parser() -> Parser:
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--decoder", choices=DECODER_NAMES, default="greedy")
     add_decoder_arguments(parser)
+    parser.add_argument("--draft", help="speculative: the draft's checkpoint directory (default: the shipped draft, "
+                                        "weights/shakespeare-draft, for the shipped model)")
+    parser.add_argument("--draft-tokens", type=int, default=4, help="speculative: guesses per round (default 4)")
     parser.add_argument("--choices", action="store_true", help="print the choices-per-step table afterwards")
     return parser
 
@@ -51,7 +63,15 @@ def main(args: argparse.Namespace) -> int:
     if several and not ranked and args.decoder != "sample":
         raise ValueError(f"--num-return-sequences {args.num_return_sequences}: {args.decoder} writes one continuation "
                          "per prompt (it draws nothing at random); use --decoder sample, beam or diverse")
-    if ranked or several:  # ranked at the end, or several texts at once: nothing to stream
+    if args.decoder == "speculative":  # the tokens come a round at a time: printed at the end
+        out = run_decoder("speculative", args, model, ids, options, draft=load_draft(args, tokenizer))
+        new = out.new_tokens[0, : int(out.new_lengths[0])].tolist()
+        ends = [] if eos is None else eos if isinstance(eos, list) else [eos]
+        print(args.prompt + tokenizer.decode([token for token in new if token not in ends]), end="")
+        accepted, proposed = int(out.accepted.sum()), int(out.proposed.sum())
+        print(f"\nthe model accepted {accepted} of the draft's {proposed} guesses ({accepted / max(proposed, 1):.0%})",
+              file=sys.stderr)
+    elif ranked or several:  # ranked at the end, or several texts at once: nothing to stream
         out = run_decoder(args.decoder, args, model, ids, options)
         print(args.prompt, end="")
         for row in range(out.sequences.shape[0]):
@@ -64,6 +84,24 @@ def main(args: argparse.Namespace) -> int:
     if args.choices:
         print(out.choices(0, tokenizer.decode))
     return 0
+
+
+def load_draft(args: argparse.Namespace, tokenizer: Tokenizer) -> GPT:
+    """--draft (or the shipped draft for the shipped model), on the model's device, in its dtype, with
+    the model's tokenizer: the same bytes for every token id (its merges may differ; the draft sees ids)."""
+    if args.draft is None:
+        if args.weights is not None:
+            raise ValueError("--decoder speculative needs --draft: a smaller model with this model's tokenizer")
+        args.draft = str(SHIPPED_DRAFT)
+    directory = home_expanded(Path(args.draft), "--draft")
+    draft = option(load_gpt2, "--draft", directory, device=args.device, dtype=DTYPES[args.dtype])
+    own = (directory / "vocab.json").exists() or (directory / "merges.txt").exists()
+    theirs = option(load_tokenizer, "--draft", directory) if own else Tokenizer.gpt2()
+    if theirs.vocab_size != tokenizer.vocab_size or any(
+            theirs.decode_bytes([i]) != tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)):
+        raise ValueError(f"--draft {directory}: its tokenizer is not the model's (a draft proposes token ids, "
+                         "which must mean the same text to both)")
+    return draft
 
 
 if __name__ == "__main__":

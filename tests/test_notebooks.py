@@ -14,8 +14,8 @@ nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (th
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_the_three_parts_of_the_course():
-    assert [p.stem for p in NOTEBOOKS] == ["1-decoding", "2-attention", "3-by-hand"]
+def test_there_are_the_four_parts_of_the_course():
+    assert [p.stem for p in NOTEBOOKS] == ["1-decoding", "2-attention", "3-by-hand", "4-experiments"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -2,13 +2,15 @@
 a minimal block and a minimal attention written only against the protocols, nothing borrowed
 from ours, run through the model, the KV cache, `trace` and every decoder; and nanoGPT's block,
 adapted only in names (and one hook point, so `trace` can show its pattern), loads GPT-2's
-weights and computes exactly what ours does."""
+weights and computes exactly what ours does. Each swap-in of minigpt/components runs through the
+same two tests as the minimal block."""
 
 from __future__ import annotations
 
 import functools
 import math
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -96,10 +98,21 @@ class NanoBlock(nn.Module):
         return x
 
 
+# Each swap-in of minigpt/components, alone or combined, through the same tests as the protocol block
+SWAPS = {"rope": dict(position="rope"), "alibi": dict(position="alibi"), "rmsnorm": dict(norm="rmsnorm"),
+         "swiglu": dict(mlp="swiglu"), "gqa": dict(n_kv_head=2), "mqa": dict(n_kv_head=1), "qk_norm": dict(qk_norm=True),
+         "window": dict(window=3), "all": dict(position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, qk_norm=True,
+                                               window=4)}
+MODELS = ["protocol block", *SWAPS]
+
+
 @functools.cache
-def model() -> GPT:
+def model(name: str = "protocol block") -> GPT:
     torch.manual_seed(0)
-    model = GPT(CONFIG, make_block=ResidualBlock).eval()
+    if name == "protocol block":
+        model = GPT(CONFIG, make_block=ResidualBlock).eval()
+    else:
+        model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=16, vocab_size=40, n_positions=32, **SWAPS[name])).eval()
     with torch.no_grad():
         model.wte.weight.mul_(40.0)  # peaked logits: no near-ties between the paths compared below
     return model
@@ -112,37 +125,42 @@ def prompt():
     return ids, mask
 
 
-def test_the_protocol_block_runs_cached_and_traced_as_uncached():
+@pytest.mark.parametrize("name", MODELS)
+def test_the_protocol_block_runs_cached_and_traced_as_uncached(name):
     ids, mask = prompt()
+    net = model(name)
     with torch.no_grad():
-        whole = model()(ids, attention_mask=mask)
-        cache = model().new_cache(2, 6)
-        first = model()(ids[:, :4], attention_mask=mask[:, :4], cache=cache)
-        rest = torch.stack([model().next_logits(ids[:, i], cache) for i in range(4, 6)], dim=1)
-        trace = model().trace(ids, attention_mask=mask)
+        whole = net(ids, attention_mask=mask)
+        cache = net.new_cache(2, 6)
+        first = net(ids[:, :4], attention_mask=mask[:, :4], cache=cache)
+        rest = torch.stack([net.next_logits(ids[:, i], cache) for i in range(4, 6)], dim=1)
+        trace = net.trace(ids, attention_mask=mask)
     real = mask.bool()
     assert (torch.cat([first, rest], dim=1) - whole)[real].abs().max() <= 1e-5
     assert (trace.logits - whole).abs().max() <= 1e-6
-    assert len(trace.attentions) == 2 and trace.attentions[0].shape == (2, 2, 6, 6)
-    assert torch.allclose(trace.attentions[1].sum(-1), torch.ones(2, 2, 6))
+    heads = net.config.n_head
+    assert len(trace.attentions) == 2 and trace.attentions[0].shape == (2, heads, 6, 6)
+    assert torch.allclose(trace.attentions[1].sum(-1), torch.ones(2, heads, 6))
 
 
-def test_every_decoder_runs_on_the_protocol_block_and_greedy_matches_uncached_argmax():
+@pytest.mark.parametrize("name", MODELS)
+def test_every_decoder_runs_on_the_protocol_block_and_greedy_matches_uncached_argmax(name):
     ids, mask = prompt()
-    assert isinstance(model(), decoders.DecoderModel)
-    out = decoders.greedy(model(), ids, attention_mask=mask, max_new_tokens=5)
+    net = model(name)
+    assert isinstance(net, decoders.DecoderModel)
+    out = decoders.greedy(net, ids, attention_mask=mask, max_new_tokens=5)
     sequences, full_mask = ids, mask
     with torch.no_grad():
         for _ in range(5):  # the same tokens, each from a full uncached forward pass
-            nxt = model()(sequences, attention_mask=full_mask)[:, -1].argmax(-1, keepdim=True)
+            nxt = net(sequences, attention_mask=full_mask)[:, -1].argmax(-1, keepdim=True)
             sequences, full_mask = torch.cat([sequences, nxt], 1), torch.cat([full_mask, torch.ones_like(nxt)], 1)
     assert torch.equal(out.sequences, sequences)
     runs = [
-        decoders.sample(model(), ids, attention_mask=mask, max_new_tokens=5, generator=torch.Generator().manual_seed(0)),
-        decoders.beam_search(model(), ids, attention_mask=mask, num_beams=3, max_new_tokens=5),
-        decoders.diverse_beam_search(model(), ids, attention_mask=mask, num_beams=4, num_beam_groups=2,
+        decoders.sample(net, ids, attention_mask=mask, max_new_tokens=5, generator=torch.Generator().manual_seed(0)),
+        decoders.beam_search(net, ids, attention_mask=mask, num_beams=3, max_new_tokens=5),
+        decoders.diverse_beam_search(net, ids, attention_mask=mask, num_beams=4, num_beam_groups=2,
                                      diversity_penalty=1.0, max_new_tokens=5),
-        decoders.contrastive_search(model(), ids, attention_mask=mask, penalty_alpha=0.0, top_k=3, max_new_tokens=5),
+        decoders.contrastive_search(net, ids, attention_mask=mask, penalty_alpha=0.0, top_k=3, max_new_tokens=5),
     ]
     for run in runs:
         assert run.new_tokens.shape == (2, 5) and run.new_tokens.min() >= 0

@@ -9,7 +9,8 @@ not listed (or a listed one that left the README) fails the first test. What cha
 - `python3 -m venv .venv && .venv/bin/pip install ... && X`: the suite already runs inside that
   environment, so the test runs X; `.venv/bin/python` is this interpreter.
 - the test command itself: collected (`--collect-only`), not run again from inside the suite;
-- training: `--steps 2` instead of thousands, into a copy of the shipped model instead of it;
+- training: `--steps 2` instead of thousands, into a copy of the shipped model instead of it; the
+  experiment: 2 steps per run, one seed;
 - torchrun: `python -m torch.distributed.run` (the same program), and the 8-GPU run as two CPU
   processes on one tiny layer, its corpus prepared from the README's text, not OpenWebText;
 - benchmarks: the tiny preset and one short turn, not ten minutes of measurement.
@@ -44,6 +45,9 @@ SHIPPED_TRAINING = (
     '.venv/bin/pip install -q -e ".[train]" && .venv/bin/python scripts/train.py --out weights/shakespeare --overwrite '
     "--n-layer 4 --n-head 4 --n-embd 160 --block 256 --vocab-size 2048 --dropout 0.1 --dtype bfloat16 --steps 4000 "
     "--lr 2e-3 --min-lr 2e-4 --warmup 200 --eval-every 500 --save-every 500")
+DRAFT_TRAINING = (".venv/bin/python scripts/train.py --out weights/shakespeare-draft --overwrite --tokenizer "
+                  "weights/shakespeare --n-layer 2 --n-head 2 --n-embd 128 --block 256 --dropout 0.1 --dtype bfloat16 "
+                  "--steps 2000 --lr 2e-3 --min-lr 2e-4 --warmup 200 --eval-every 500 --save-every 500")
 OWN_TRAINING = (".venv/bin/python scripts/train.py --text my_text.txt --n-layer 2 --n-head 2 --n-embd 64 --block 64 "
                 "--vocab-size 512 --steps 300 --out my-model")
 PREPARE = ".venv/bin/python scripts/prepare.py --text my_text.txt --out my-corpus --vocab-size 512"
@@ -56,6 +60,8 @@ EIGHT_GPUS = (".venv/bin/torchrun --standalone --nproc_per_node 8 scripts/train.
 TORCHRUN = ".venv/bin/python -m torch.distributed.run"  # torchrun, as this interpreter runs it
 GENERATE = '.venv/bin/python scripts/generate.py --prompt "ROMEO:" --decoder {} --max-new-tokens 40 --top-p 0.9 --seed 1'
 DECODERS = ["greedy", "beam", "sample", "contrastive"]
+EXPERIMENT = (".venv/bin/python scripts/experiment.py --variant rope --variant rmsnorm --variant swiglu --variant gqa "
+              "--variant rope,rmsnorm,swiglu,gqa --out runs/experiment")
 
 # the README's command -> what the test runs (after the last `&&`; {copy} is a copy of the shipped model)
 COMMANDS = {
@@ -66,6 +72,9 @@ COMMANDS = {
     '.venv/bin/python scripts/attention.py --text "The cat sat on the mat because it was tired."   # maps + entropy': None,
     ".venv/bin/python scripts/heads.py --text-file my_text.txt    # importance, then prune 10% a round, loss each round":
         None,
+    DRAFT_TRAINING: DRAFT_TRAINING.replace("--steps 2000", "--steps 2").replace("--eval-every 500", "--eval-every 2")
+    .replace("--out weights/shakespeare-draft", "--out {copy}-draft").replace("--tokenizer weights/shakespeare",
+                                                                              "--tokenizer {copy}"),
     OWN_TRAINING: OWN_TRAINING.replace("--steps 300", "--steps 2"),
     PREPARE: None,
     TWO_PROCESSES: TWO_PROCESSES.replace(".venv/bin/torchrun", TORCHRUN).replace("--steps 300", "--steps 2"),
@@ -77,6 +86,7 @@ COMMANDS = {
                                                                         "--warmup 1 --eval-every 1 --save-every 1"),
     '.venv/bin/python scripts/generate.py --weights my-model --prompt "The" --max-new-tokens 20': None,
     **{GENERATE.format(decoder): None for decoder in DECODERS},
+    EXPERIMENT: EXPERIMENT + " --steps 2 --evals 1 --seeds 1",  # each variant trained for 2 steps, from one seed
     ".venv/bin/python scripts/bench.py --repeats 3": ".venv/bin/python scripts/bench.py --preset tiny --repeats 1 "
     "--new-tokens 4 --prefill-tokens 16 --no-compile",
     ".venv/bin/python scripts/bench_train.py": ".venv/bin/python scripts/bench_train.py --steps 4 --rounds 1 --batch 2 "

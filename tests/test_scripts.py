@@ -96,6 +96,16 @@ def test_generate_streams_text(checkpoint, decoder, packed):
     assert out.startswith("Hello there") and "alternatives (probability)" in out
 
 
+def test_generate_speculative_writes_greedys_text_with_the_shipped_draft():
+    greedy = run("generate.py", "--prompt", "ROMEO:", "--max-new-tokens", "24")
+    done = launch("generate.py", "--prompt", "ROMEO:", "--max-new-tokens", "24", "--decoder", "speculative",
+                  "--draft-tokens", "3", "--choices")
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    assert out.startswith(greedy.rstrip("\n")) and "alternatives (probability)" in out
+    assert "the model accepted" in done.stderr.decode()
+
+
 def test_compare_prints_every_decoder(checkpoint):
     out = run("compare.py", "--weights", str(checkpoint), "--prompt", "Hello there", "--max-new-tokens", "6")
     for name in ("greedy", "beam search", "diverse beam search", "contrastive search", "top-k sampling",
@@ -185,6 +195,18 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--num-return-sequences", "3"],
      "--num-return-sequences 3: greedy writes one continuation per prompt"),
     ("bench_train.py", ["--n-embd", "10", "--n-head", "3"], "--n-embd (10) must be divisible by --n-head (3)"),
+    ("generate.py", ["--prompt", "hi", "--decoder", "speculative", "--draft", "{ckpt}"],
+     "its tokenizer is not the model's"),
+    ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--decoder", "speculative"], "--decoder speculative needs --draft"),
+    ("generate.py", ["--prompt", "hi", "--decoder", "speculative", "--draft-tokens", "0"],
+     "--draft-tokens must be in [1, 32], got 0"),
+    # experiment.py: each refused before a corpus is prepared or a step trained (--out would be created first)
+    ("experiment.py", ["--variant", "rotary", "--out", "{empty}/x"], "unknown variant 'rotary' in 'rotary'; known: learned"),
+    ("experiment.py", ["--variant", "gqa:3", "--out", "{empty}/x"], "n_kv_head (3) must divide n_head (4)"),
+    ("experiment.py", ["--variant", "alibi,learned", "--out", "{empty}/x"], "alibi and learned both set the model's position"),
+    ("experiment.py", ["--variant", "window:0", "--out", "{empty}/x"], "window:0: after the colon comes a positive"),
+    ("experiment.py", ["--steps", "3", "--out", "{empty}/x"], "--steps 3 is too small for --evals 4"),
+    ("experiment.py", ["--variant", "rope", "--variant", "rope", "--out", "{empty}/x"], "a variant is named twice"),
 ]
 if not torch.cuda.is_available():
     BAD_ARGUMENTS.append(("generate.py", [W, "{ckpt}", "--prompt", "hi", "--device", "cuda"], "CUDA is not available"))
@@ -204,6 +226,7 @@ def test_a_user_error_is_one_error_line_and_exit_status_2(checkpoint, small_voca
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], err
     assert err.splitlines()[-1] == errors[0]  # nothing after it
+    assert not (tmp_path / "x").exists()  # experiment.py's --out: nothing written
 
 
 @pytest.fixture(scope="module")

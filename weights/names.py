@@ -39,15 +39,23 @@ class Entry(NamedTuple):
 def layout(config: GPTConfig) -> list[Entry]:
     """Every weight of a GPT-2 of this config. Our names are the public ones, but for the list of
     blocks: ours `blocks.{i}`, the file's `h.{i}`."""
-    e, m = config.n_embd, config.mlp_width  # model width, MLP width
-    whole = {"wte.weight": (config.vocab_size, e), "wpe.weight": (config.n_positions, e),
-             "ln_f.weight": (e,), "ln_f.bias": (e,)}
+    e, m, d = config.n_embd, config.mlp_width, config.head_dim  # model width, MLP width, head width
+    qkv = (config.n_head + 2 * config.kv_heads) * d  # fewer key/value heads under grouped-query attention
+    fc = 2 * m if config.mlp == "swiglu" else m  # SwiGLU's gate and value
+
+    def norm(name: str, width: int = e) -> dict[str, tuple[int, ...]]:  # RMSNorm has no bias
+        return {f"{name}.weight": (width,)} | ({f"{name}.bias": (width,)} if config.norm == "layernorm" else {})
+
+    whole = {"wte.weight": (config.vocab_size, e)}
+    whole |= {"wpe.weight": (config.n_positions, e)} if config.position == "learned" else {}
+    whole |= norm("ln_f")
     in_block = {
-        "ln_1.weight": (e,), "ln_1.bias": (e,),
-        "attn.c_attn.weight": (e, 3 * e), "attn.c_attn.bias": (3 * e,),
+        **norm("ln_1"),
+        "attn.c_attn.weight": (e, qkv), "attn.c_attn.bias": (qkv,),
+        **(norm("attn.q_norm", d) | norm("attn.k_norm", d) if config.qk_norm else {}),
         "attn.c_proj.weight": (e, e), "attn.c_proj.bias": (e,),
-        "ln_2.weight": (e,), "ln_2.bias": (e,),
-        "mlp.c_fc.weight": (e, m), "mlp.c_fc.bias": (m,),
+        **norm("ln_2"),
+        "mlp.c_fc.weight": (e, fc), "mlp.c_fc.bias": (fc,),
         "mlp.c_proj.weight": (m, e), "mlp.c_proj.bias": (e,),
     }
     entries = [Entry(name, name, shape, False) for name, shape in whole.items()]

@@ -46,6 +46,9 @@ def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
             raise ValueError(f"block {layer} has no CausalSelfAttention (`attn`) whose heads could be removed")
         if type(attn.c_attn) is not nn.Linear or type(attn.c_proj) is not nn.Linear:
             raise ValueError(f"block {layer}'s projections are not nn.Linear (packed?): prune before packing")
+        if attn.n_kv_head != attn.n_head or config.position == "alibi":
+            raise ValueError(f"block {layer}'s heads cannot be cut apart: its keys and values are shared by groups of "
+                             "heads (n_kv_head), or its ALiBi slopes follow the head count")
         gone = sorted(set(drop) - set(kept_heads(model, layer)))
         if gone:
             raise ValueError(f"head {gone[0]} of layer {layer} is already pruned")
@@ -65,7 +68,7 @@ def _cut_heads(attn: CausalSelfAttention, heads: list[int], drop: set[int], d: i
     columns = [i * d + j for i in keep for j in range(d)]  # c_proj's input is (h d)
     attn.c_attn = _linear_part(attn.c_attn, rows=rows)
     attn.c_proj = _linear_part(attn.c_proj, columns=columns)
-    attn.n_head = len(keep)
+    attn.n_head = attn.n_kv_head = len(keep)  # prune_heads refuses grouped key/value heads
     attn.kept_heads = [heads[i] for i in keep]  # read by head_mask.kept_heads
 
 

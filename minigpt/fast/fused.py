@@ -65,10 +65,14 @@ def not_fusable(model: GPT) -> str | None:
     if not built():
         return "rows.cpp could not be built"
     config = model.config
+    if config.components:
+        return f"its config swaps in components GPT-2 does not have ({', '.join(config.components)})"
     for i, block in enumerate(model.blocks):
         if type(block) is not TransformerBlock or type(block.attn) is not CausalSelfAttention or type(block.mlp) is not MLP:
             return f"block {i} is not GPT-2's (TransformerBlock, CausalSelfAttention, MLP)"
-        if block.attn.attend not in (explicit_attention, fused_attention) or block.attn.n_head != config.n_head:
+        attn = block.attn
+        if (attn.attend not in (explicit_attention, fused_attention) or attn.n_head != config.n_head
+                or attn.n_kv_head != attn.n_head or attn.q_norm is not None or attn.rotary is not None):
             return f"block {i}'s attention is swapped or pruned"
         if block.mlp.activation not in (gelu_new, tanh_gelu):
             return f"block {i}'s MLP activation is not GELU (tanh)"

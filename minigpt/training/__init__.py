@@ -6,6 +6,8 @@
 - `objective`: the loss a step minimises, its output head taken a chunk of rows at a time.
 - `parallel`: torchrun's processes as one group, each training on its share of every batch.
 - `trainer`: AdamW, warmup then cosine, clipping, accumulation, evaluation, exact resume.
+- `experiment`: a baseline and variants with swapped components, trained from several seeds on the
+  same data, compared on held-out bits per byte (imported as `minigpt.training.experiment`).
 """
 
 from .batches import TokenWindows

@@ -5,6 +5,7 @@
     logit_lens(lens, tokens, token_strings)    what each layer would predict at each position
     choices(generation, token_strings)         a generation step by step: the token chosen, its alternatives
     pruning_curve(curve, total_heads)          the loss as heads are pruned (analysis.prune_by_importance)
+    experiment_curves(results)                 held-out bits per byte as each variant trains, mean and seed band
     beam_tree(generation, token_strings)       a beam search's tree (keep_tree=True): kept, finished, dropped
 
 Each returns a `matplotlib.figure.Figure`: `figure.savefig("x.png")`, or shown inline in Jupyter.
@@ -133,6 +134,26 @@ def pruning_curve(curve: PruningCurve, total_heads: int) -> Figure:
     axes.plot([100 * n / total_heads for n, _ in curve.points], [loss for _, loss in curve.points], marker="o")
     axes.ticklabel_format(useOffset=False)  # the loss itself on the axis, not "+1.08e1" and differences
     axes.set(xlabel="heads pruned (%)", ylabel="loss (nats per token)", title="loss as the least important heads go")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def experiment_curves(results: list[dict]) -> Figure:
+    """Each variant's held-out bits per byte against training tokens (training.experiment's results):
+    the mean over its seeds as a line, the lowest to the highest seed as a band around it."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    by_variant: dict[str, list[dict]] = {}
+    for result in results:
+        by_variant.setdefault(result["variant"], []).append(result)
+    for name, runs in by_variant.items():
+        tokens = [point["tokens"] for point in runs[0]["curve"]]
+        scores = torch.tensor([[point["bits_per_byte"] for point in run["curve"]] for run in runs])  # (seeds evaluations)
+        line = axes.plot(tokens, scores.mean(0), marker="o", markersize=3, label=f"{name} ({len(runs)} seeds)")[0]
+        axes.fill_between(tokens, scores.min(0).values, scores.max(0).values, color=line.get_color(), alpha=0.2)
+    axes.set(xlabel="training tokens", ylabel="held-out bits per byte", title="held-out loss as each variant trains")
+    axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return figure
