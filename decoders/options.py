@@ -80,6 +80,14 @@ class DecodingOptions:
         return Rules(eos_ids=eos, pad_token_id=pad, processors=processors.chain([*steps, *then]))
 
 
+def check_temperature(temperature: object) -> float:
+    """0 (greedy: the limit of an ever sharper distribution) or a scale within SCALE_RANGE."""
+    check_float("temperature", temperature, 0.0, SCALE_RANGE[1])
+    if 0 < temperature < SCALE_RANGE[0]:
+        raise ValueError(f"temperature must be 0 (greedy) or in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {temperature:g}")
+    return temperature
+
+
 @dataclass(frozen=True)
 class Rules:
     """The options checked against a model's vocabulary and put to use."""

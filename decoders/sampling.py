@@ -11,7 +11,7 @@ from minigpt.checks import check_fits_in_memory, check_float, check_int
 
 from . import processors
 from .generation import DecoderModel, Generation, check_model, repeat_rows
-from .options import SCALE_RANGE, DecodingOptions, decoding_options
+from .options import DecodingOptions, check_temperature, decoding_options
 from .token_loop import token_loop
 
 
@@ -37,9 +37,7 @@ def sample(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int | None
     options = decoding_options("sample", max_new_tokens, options, shared,
                                own=["temperature", "top_k", "top_p", "min_p", "typical_p", "num_return_sequences",
                                     "generator", "on_token"])
-    check_float("temperature", temperature, 0.0, SCALE_RANGE[1])
-    if 0 < temperature < SCALE_RANGE[0]:
-        raise ValueError(f"temperature must be 0 (greedy) or in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {temperature:g}")
+    check_temperature(temperature)
     check_int("top_k", top_k, low=0)
     check_float("top_p", top_p, 0.0, 1.0, open_low=True)
     check_float("min_p", min_p, 0.0, 1.0)

@@ -42,7 +42,7 @@ from minigpt.kv_cache import KVCache
 
 from . import processors
 from .generation import DecoderModel, Generation, check_model, real_prompt_tokens
-from .options import SCALE_RANGE, DecodingOptions, decoding_options
+from .options import DecodingOptions, check_temperature, decoding_options
 from .records import Recorder
 
 MAX_DRAFT_TOKENS = 32  # guesses per round; past a few the draft is rarely still right, and each costs a draft step
@@ -78,9 +78,7 @@ def speculative(model: DecoderModel, draft: DecoderModel, input_ids: Tensor, *, 
     options = decoding_options("speculative", max_new_tokens, options, shared,
                                own=["draft_tokens", "temperature", "top_k", "top_p", "generator"])
     check_int("draft_tokens", draft_tokens, 1, MAX_DRAFT_TOKENS)
-    check_float("temperature", temperature, 0.0, SCALE_RANGE[1])
-    if 0 < temperature < SCALE_RANGE[0]:
-        raise ValueError(f"temperature must be 0 (greedy) or in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {temperature:g}")
+    check_temperature(temperature)
     check_int("top_k", top_k, low=0)
     check_float("top_p", top_p, 0.0, 1.0, open_low=True)
     if draft.config.vocab_size != model.config.vocab_size:
@@ -152,8 +150,7 @@ class Rounds:
             logits = self.draft.head(self.draft.transform(token[:, None], fed_real[:, j : j + 1], self.caches[1]))
             if j == k:  # the extra pass writes d_k into the draft's cache; its logits are not needed
                 break
-            so_far = torch.stack(guesses, dim=1).tolist() if guesses else [[] for _ in self.rows]
-            processed = self.processed(logits[:, -1].float(), so_far)  # (b v)
+            processed = self.processed(logits[:, -1].float(), guesses)  # (b v)
             if self.sampling:
                 # a row with every token banned has no distribution; it is done, and any guess will do
                 drawn_from.append(processed.softmax(dim=-1).nan_to_num(1.0))
@@ -164,11 +161,13 @@ class Rounds:
         empty = torch.zeros(len(self.rows), 0, dtype=torch.long, device=self.last.device)
         return (torch.stack(guesses, dim=1) if guesses else empty), drawn_from
 
-    def processed(self, logits: Tensor, guessed: list[list[int]]) -> Tensor:
-        """Every row's logits (b v) through the options, each after its tokens so far and `guessed[i]`."""
-        if not self.by_row:  # no processor reads the history: any will do
+    def processed(self, logits: Tensor, guesses: list[Tensor]) -> Tensor:
+        """Every row's logits (b v) through the options, each after its tokens so far and this
+        round's guesses (each (b)) so far."""
+        if not self.by_row:  # no processor reads the history: any will do (and the guesses stay on the device)
             return self.rules.processors(logits, self.last[:, None], torch.ones_like(self.last[:, None], dtype=torch.bool), 0)
-        return torch.cat([self.processed_row(i, logits[i : i + 1], extra) for i, extra in enumerate(guessed)])
+        so_far = torch.stack(guesses, dim=1).tolist() if guesses else [[] for _ in self.rows]
+        return torch.cat([self.processed_row(i, logits[i : i + 1], extra) for i, extra in enumerate(so_far)])
 
     def processed_row(self, i: int, logits: Tensor, extra: list[int] = ()) -> Tensor:
         """Row i's logits (1 v) through the options, after its tokens so far and then `extra`."""

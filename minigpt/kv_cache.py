@@ -132,7 +132,7 @@ class KVCache:
         count them: a row's logits are those it gets without them); the cache then ends at
         start + max(kept). Speculative decoding keeps the proposals each row accepted."""
         slots = torch.arange(self.max_length, device=self.real.device)  # (s)
-        self.real &= (slots < start) | (slots < start + kept[:, None])  # (b s)
+        self.real &= slots < start + kept[:, None]  # (b s): every slot before start, and the kept ones
         self.end.fill_(start + int(kept.max()))
 
     def compact(self) -> None:

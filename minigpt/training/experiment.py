@@ -191,14 +191,19 @@ def train_one(run: Path, corpus: TokenCorpus, recipe: Recipe, name: str, config:
     return result
 
 
+def by_variant(results: list[dict]) -> dict[str, list[dict]]:
+    """The results grouped by variant, in the order first seen."""
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        groups.setdefault(result["variant"], []).append(result)
+    return groups
+
+
 def summary(results: list[dict]) -> list[dict]:
     """Per variant, in the order first seen: held-out bits per byte (mean, standard deviation over
     seeds, lowest, highest), the difference of the mean from the baseline's, parameters, tokens/s."""
-    by_variant: dict[str, list[dict]] = {}
-    for result in results:
-        by_variant.setdefault(result["variant"], []).append(result)
     rows = []
-    for name, runs in by_variant.items():
+    for name, runs in by_variant(results).items():
         scores = [r["bits_per_byte"] for r in runs]
         rows.append({"variant": name, "seeds": len(runs), "mean": statistics.fmean(scores),
                      "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "low": min(scores),

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..analysis.pruning import PruningCurve
 from ..model import Trace
+from ..training.experiment import by_variant
 
 TokenStrings = Callable[[list[int]], list[str]]
 
@@ -144,10 +145,7 @@ def experiment_curves(results: list[dict]) -> Figure:
     the mean over its seeds as a line, the lowest to the highest seed as a band around it."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
-    by_variant: dict[str, list[dict]] = {}
-    for result in results:
-        by_variant.setdefault(result["variant"], []).append(result)
-    for name, runs in by_variant.items():
+    for name, runs in by_variant(results).items():
         tokens = [point["tokens"] for point in runs[0]["curve"]]
         scores = torch.tensor([[point["bits_per_byte"] for point in run["curve"]] for run in runs])  # (seeds evaluations)
         line = axes.plot(tokens, scores.mean(0), marker="o", markersize=3, label=f"{name} ({len(runs)} seeds)")[0]
