@@ -63,6 +63,10 @@ class Routes:
             self.by_rows[rows] = self.kernels[self.chosen[max(c for c in counts if c <= rows)]]
         self.by_rows[0] = self.by_rows[1]
 
+    def name_for(self, rows: int) -> str:
+        """The name of the kernel that takes `rows` rows."""
+        return self.chosen[max(c for c in self.chosen if c <= max(rows, 1))]
+
     def __call__(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1]
         return self.by_rows[min(rows, ROWS[-1])](x)
