@@ -24,6 +24,11 @@ namespace {
 
 constexpr int64_t BLOCK = 32;  // the int8 format's block: one scale per 32 weights of a row
 constexpr int64_t LANES = 16;  // floats per vector (one AVX-512 register; the compiler splits it on smaller ones)
+// Weights are asked for this many elements before they are used: 2 KB of float32, about what one
+// core must have in flight to stream at 10-20 GB/s against ~100 ns of memory latency, whatever the
+// CPU. With one row of x the hardware prefetcher alone kept the float32 step at 70-87% of a plain
+// read's speed on 2 EPYC cores; with this, 87-93%. bfloat16, half the bytes, was at 96% already.
+constexpr int64_t AHEAD = 512;
 typedef float Floats __attribute__((vector_size(4 * LANES)));
 typedef uint16_t Halves __attribute__((vector_size(2 * LANES)));
 typedef uint32_t Words __attribute__((vector_size(4 * LANES)));
@@ -49,11 +54,13 @@ float sum(Floats v) {  // the LANES lanes added up
 struct Float32 {
   const float* w;
   Floats get(int64_t i) const { return load<Floats>(w + i); }
+  void prefetch(int64_t i) const { __builtin_prefetch(w + i); }
 };
 
 struct BFloat16 {  // bfloat16 is float32's top 16 bits: shifting them back up is the exact conversion
   const uint16_t* w;
   Floats get(int64_t i) const { return (Floats)(__builtin_convertvector(load<Halves>(w + i), Words) << 16); }
+  void prefetch(int64_t i) const { __builtin_prefetch(w + i); }
 };
 
 // Each thread takes a share of W's rows (the outputs o); each is read from memory once, then from
@@ -88,6 +95,8 @@ struct FloatTimes {
     Floats even[R] = {}, odd[R] = {};  // two per row: consecutive FMAs need not wait for each other
     for (int64_t start = 0; start < in; start += 2 * LANES) {
       const Floats w0 = w.get(o * in + start), w1 = w.get(o * in + start + LANES);
+      w.prefetch(o * in + start + AHEAD);  // the 2 x 16 weights of a later pass: two lines of float32, one of bfloat16
+      w.prefetch(o * in + start + AHEAD + LANES);
       for (int r = 0; r < R; ++r) {
         even[r] += w0 * load<Floats>(x + (r0 + r) * in + start);
         odd[r] += w1 * load<Floats>(x + (r0 + r) * in + start + LANES);
