@@ -7,9 +7,9 @@ cache's index_copy_, the attention's bmm and softmax on one query, the hook poin
 `decode_step` in rows.cpp does the same computation in one operator: embeddings, then per block
 ln_1, c_attn, the new key and value written into the cache at its slot, attention over the
 real slots, c_proj, ln_2, c_fc, GELU (tanh), c_proj; then ln_f. Each product runs on the kernel
-its matrix's routes chose for that many rows (kernels.py) where that is oneDNN or rows.cpp, and on
-rows.cpp where it is another (the fused step then measures slower where that matters, and the
-module step serves those rows). The head stays the model's own, routed the same way.
+its matrix's routes chose for that many rows (kernels.py) where that is oneDNN, fbgemm or
+rows.cpp, and on rows.cpp where it is another (the fused step then measures slower where that
+matters, and the module step serves those rows). The head stays the model's own, routed the same way.
 
 Its gain grows with the rows: on 2 EPYC cores at 8 rows, the module step's products (by oneDNN)
 took 19.7 ms of its 27.3, and the rest (attention over every cache slot, the small calls between
@@ -112,19 +112,21 @@ def layer_tensors(block: TransformerBlock) -> list[Tensor]:
     return [t.detach().contiguous() for t in tensors]
 
 
-def packed_tensors(block: TransformerBlock, rows: int) -> list[Tensor]:
-    """The 8 tensors decode_step's `packed` holds for one block at `rows` rows: per matrix (c_attn,
-    attn.c_proj, c_fc, mlp.c_proj) its weight in oneDNN's layout and its bias in the weight's dtype
-    (as PackedLinear's oneDNN route passes them) where its routes give that many rows to oneDNN,
-    else two empty tensors (rows.cpp multiplies)."""
-    empty = torch.empty(0)
-    tensors = []
+def step_kernels(block: TransformerBlock, rows: int) -> list:
+    """What decode_step's `kernels` holds for one block at `rows` rows: per matrix (c_attn,
+    attn.c_proj, c_fc, mlp.c_proj), where its routes give that many rows to oneDNN, its weight in
+    oneDNN's layout and its bias in the weight's dtype (as PackedLinear's oneDNN route passes them);
+    to fbgemm, fbgemm's prepacked weight (bias inside) and None; else None, None (rows.cpp)."""
+    entries = []
     for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
-        if isinstance(linear, PackedLinear) and linear.routes.name_for(rows) == "oneDNN":
-            tensors += [linear.packed, empty if linear.bias is None else linear.bias.to(linear.packed.dtype)]
+        kernel = linear.routes.name_for(rows)
+        if kernel == "oneDNN":
+            entries += [linear.packed, None if linear.bias is None else linear.bias.to(linear.packed.dtype)]
+        elif kernel == "fbgemm":
+            entries += [linear.fbgemm, None]
         else:
-            tensors += [empty, empty]
-    return tensors
+            entries += [None, None]
+    return entries
 
 
 class FusedStep:
@@ -134,7 +136,7 @@ class FusedStep:
         self.model = model
         self.layout = self.modules()  # what the fused kernel was built from; a module swapped since: not fused
         self.weights = [t for block in model.blocks for t in layer_tensors(block)]
-        self.packed: dict[int, list[Tensor]] = {}  # row count -> decode_step's `packed` (packed_tensors)
+        self.kernels: dict[int, list] = {}  # row count -> decode_step's `kernels` (step_kernels)
         self.points = list(model.hook_points().values())
         self.rows: dict[int, str] = {}  # row count -> "fused" or "modules", as measured
         self.rows = choose(self, verbose=verbose)
@@ -165,10 +167,10 @@ class FusedStep:
         model = self.model
         real, slot = cache.append(torch.ones_like(tokens, dtype=torch.bool)[:, None])  # (b s), (1)
         rows = tokens.shape[0]
-        if rows not in self.packed:
-            self.packed[rows] = [t for block in model.blocks for t in packed_tensors(block, rows)]
+        if rows not in self.kernels:
+            self.kernels[rows] = [entry for block in model.blocks for entry in step_kernels(block, rows)]
         hidden = torch.ops.minigpt.decode_step(tokens.contiguous(), model.wte.weight, model.wpe.weight, self.weights,
-                                               self.packed[rows], cache.keys, cache.values, real, slot, model.ln_f.weight,
+                                               self.kernels[rows], cache.keys, cache.values, real, slot, model.ln_f.weight,
                                                model.ln_f.bias, model.config.n_head, model.config.layer_norm_epsilon)
         return model.head(hidden)  # (b e) -> (b v): the routed head, through the logits hook point
 

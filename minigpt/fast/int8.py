@@ -79,9 +79,9 @@ def check_input(x: Tensor, q: Tensor) -> None:
         raise ValueError(f"int8 weights on the CPU take float32 inputs, got {x.dtype}")
 
 
-def int8_routes(weight: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> tuple[Routes, tuple | None]:
-    """The kernels that multiply rows by the int8 weight, and its blocks of 32 (for rows.cpp, where
-    it fits). On the CPU: rows.cpp (blocks; the activations rounded to 16 bits), fbgemm (per row; the activations
+def int8_routes(weight: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> tuple[Routes, tuple | None, object]:
+    """The kernels that multiply rows by the int8 weight, its blocks of 32 (for rows.cpp, where it
+    fits) and fbgemm's prepacked weight (None off the CPU; the fused step calls fbgemm with it). On the CPU: rows.cpp (blocks; the activations rounded to 16 bits), fbgemm (per row; the activations
     quantized to 8 bits on the fly, VNNI), PyTorch's weight-only `_weight_int8pack_mm` (per row;
     float32 activations). Elsewhere weight-only, W = Q · s dequantized inside the product
     (gpt-fast's recipe; compiled, the conversion fuses into the product's read of Q)."""
@@ -89,7 +89,7 @@ def int8_routes(weight: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -
         def dequantized(x: Tensor) -> Tensor:
             out = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)  # (... out): x Qᵀ, each column times its row's s
             return out if bias is None else out + bias.to(x.dtype)
-        return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", {"dequantized": dequantized}, default="dequantized"), None
+        return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", {"dequantized": dequantized}, default="dequantized"), None, None
     packed = _fbgemm_weight(q, scale, bias)
 
     def fbgemm(x: Tensor) -> Tensor:
@@ -104,7 +104,7 @@ def int8_routes(weight: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -
     blocks = quantize_blocks(weight) if fits(weight) else None
     if blocks is not None:
         kernels["rows.cpp"] = lambda x: rows_product(x, *blocks, bias)
-    return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="fbgemm"), blocks
+    return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="fbgemm"), blocks, packed
 
 
 class Int8Linear(nn.Module):
@@ -117,8 +117,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
-        # the kernels with their own layouts (fbgemm's, the blocks); plain attributes: .to() cannot move them
-        self.routes, self.blocks = int8_routes(linear.weight, q, scale, self.bias)
+        # the kernels with their own layouts (the blocks, fbgemm's); plain attributes: .to() cannot move them
+        self.routes, self.blocks, self.fbgemm = int8_routes(linear.weight, q, scale, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (... in) -> (... out)
         check_input(x, self.q)
@@ -137,7 +137,7 @@ class Int8TokenEmbedding(TokenEmbedding):
         q, scale = quantize_rows(self.weight)  # one scale per token: per output channel of the head
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
-        self.routes, self.blocks = int8_routes(self.weight, q, scale, None)
+        self.routes, self.blocks, _ = int8_routes(self.weight, q, scale, None)
 
     def unembed(self, x: Tensor) -> Tensor:  # (... e) -> (... v)
         check_input(x, self.q)

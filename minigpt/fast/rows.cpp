@@ -245,32 +245,39 @@ float dot(const float* a, const float* b, int64_t n) {  // n a multiple of LANES
   return total;
 }
 
-// y = x Wᵀ + b by the kernel the matrix's routes chose for this many rows (kernels.py): oneDNN
-// where `packed` holds W in oneDNN's layout and b in W's dtype (x rounded to that dtype and the
-// result widened back, as PackedLinear's oneDNN route does), else rows.cpp on W as stored (w:
-// weight, int8 scales, bias). oneDNN is called through PyTorch's dispatcher, as from Python.
-torch::Tensor linear(const torch::Tensor& x, at::TensorList w, at::TensorList packed) {
-  if (packed[0].numel() == 0) return product(x, w[0], w[1], w[2]);
-  static const auto onednn = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
-  torch::jit::Stack stack{x.to(packed[0].scalar_type()), packed[0],
-                          packed[1].numel() ? c10::IValue(packed[1]) : c10::IValue(), "none",
-                          c10::List<std::optional<at::Scalar>>(), c10::IValue()};
-  onednn.callBoxed(&stack);
-  return stack[0].toTensor().to(torch::kFloat);
+// y = x Wᵀ + b by the kernel the matrix's routes chose for this many rows (kernels.py), called
+// through PyTorch's dispatcher as from Python. `kernel` names it, with what it reads:
+// - a tensor, W in oneDNN's layout, and `bias` in W's dtype (or None): oneDNN, on x rounded to W's
+//   dtype, the result widened back (as PackedLinear's oneDNN route does);
+// - fbgemm's prepacked int8 weight and bias (an object, `bias` None): fbgemm (Int8Linear's route);
+// - None: rows.cpp on W as stored (w: weight, int8 scales, bias).
+torch::Tensor linear(const torch::Tensor& x, at::TensorList w, const c10::IValue& kernel, const c10::IValue& bias) {
+  if (kernel.isNone()) return product(x, w[0], w[1], w[2]);
+  if (kernel.isTensor()) {
+    static const auto onednn = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+    torch::jit::Stack stack{x.to(kernel.toTensor().scalar_type()), kernel, bias, "none",
+                            c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+    onednn.callBoxed(&stack);
+    return stack[0].toTensor().to(torch::kFloat);
+  }
+  static const auto fbgemm = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_dynamic", "");
+  torch::jit::Stack stack{x, kernel, false};  // reduce_range false, as Int8Linear calls it
+  fbgemm.callBoxed(&stack);
+  return stack[0].toTensor();
 }
 
 // One block of the step: x (rows e) is updated in place, x += attn(ln_1(x)), x += mlp(ln_2(x)).
 // w: the block's 16 tensors (ln_1 weight, bias; c_attn weight, scales, bias; attn c_proj weight,
 // scales, bias; ln_2 weight, bias; c_fc weight, scales, bias; mlp c_proj weight, scales, bias).
-// packed: per matrix, in the same order, its oneDNN weight and bias, or two empty tensors (`linear`).
+// kernels: per matrix, in the same order, its kernel and bias as `linear` takes them.
 // keys, values (rows h s d): the layer's cache, written at `slot`; real (rows s): which slots the
 // query may see (with slot itself, the new token, always).
-void block(torch::Tensor& x, at::TensorList w, at::TensorList packed, const torch::Tensor& keys, const torch::Tensor& values,
+void block(torch::Tensor& x, at::TensorList w, c10::ArrayRef<c10::IValue> kernels, const torch::Tensor& keys, const torch::Tensor& values,
            const torch::Tensor& real, int64_t slot, int64_t n_head, float eps) {
   const int64_t rows = x.size(0), e = x.size(1), d = e / n_head, slots = keys.size(2);
   auto h = torch::empty_like(x);
   layer_norm(x.data_ptr<float>(), h.data_ptr<float>(), rows, e, w[0].data_ptr<float>(), w[1].data_ptr<float>(), eps);
-  auto qkv = linear(h, w.slice(2, 3), packed.slice(0, 2));  // (rows (three h d))
+  auto qkv = linear(h, w.slice(2, 3), kernels[0], kernels[1]);  // (rows (three h d))
   float *K = keys.data_ptr<float>(), *V = values.data_ptr<float>(), *QKV = qkv.data_ptr<float>();
   const bool* seen = real.data_ptr<bool>();
   auto z = torch::empty_like(x);  // (rows (h d)): each head's weighted sum of the values
@@ -302,23 +309,24 @@ void block(torch::Tensor& x, at::TensorList w, at::TensorList packed, const torc
       }
     }
   });
-  x += linear(z, w.slice(5, 3), packed.slice(2, 2));
+  x += linear(z, w.slice(5, 3), kernels[2], kernels[3]);
   layer_norm(x.data_ptr<float>(), h.data_ptr<float>(), rows, e, w[8].data_ptr<float>(), w[9].data_ptr<float>(), eps);
-  auto hidden = linear(h, w.slice(10, 3), packed.slice(4, 2));  // (rows m)
+  auto hidden = linear(h, w.slice(10, 3), kernels[4], kernels[5]);  // (rows m)
   at::gelu_(hidden, "tanh");
-  x += linear(hidden, w.slice(13, 3), packed.slice(6, 2));
+  x += linear(hidden, w.slice(13, 3), kernels[6], kernels[7]);
 }
 
 // tokens (rows) -> the final hidden state (rows e), after ln_f: embeddings, every block, ln_f, with
 // each layer's key and value written at `slot`. real (rows s) already marks slot as real.
 torch::Tensor decode_step(const torch::Tensor& tokens, const torch::Tensor& wte, const torch::Tensor& wpe,
-                          at::TensorList weights, at::TensorList packed, at::TensorList keys, at::TensorList values,
+                          at::TensorList weights, const c10::List<c10::IValue>& kernels, at::TensorList keys, at::TensorList values,
                           const torch::Tensor& real, const torch::Tensor& slot_tensor, const torch::Tensor& ln_f_weight,
                           const torch::Tensor& ln_f_bias, int64_t n_head, double eps) {
   const int64_t rows = tokens.size(0), e = wte.size(1), slot = slot_tensor.item<int64_t>(), layers = keys.size();
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == 16 * layers, "16 weight tensors a layer");
-  TORCH_CHECK(static_cast<int64_t>(packed.size()) == 8 * layers, "8 packed tensors a layer");
+  TORCH_CHECK(static_cast<int64_t>(kernels.size()) == 8 * layers, "8 kernel entries a layer");
   TORCH_CHECK(real.is_contiguous() && real.size(1) > slot, "real must be (rows s), slot < s");
+  const std::vector<c10::IValue> each = kernels.vec();
   auto x = torch::empty({rows, e}, wte.options());
   const int64_t* ids = tokens.data_ptr<int64_t>();
   const bool* seen = real.data_ptr<bool>();
@@ -330,7 +338,7 @@ torch::Tensor decode_step(const torch::Tensor& tokens, const torch::Tensor& wte,
     for (int64_t i = 0; i < e; ++i) xr[i] = token[i] + place[i];
   }
   for (int64_t l = 0; l < layers; ++l)
-    block(x, weights.slice(16 * l, 16), packed.slice(8 * l, 8), keys[l], values[l], real, slot, n_head,
+    block(x, weights.slice(16 * l, 16), c10::ArrayRef<c10::IValue>(each).slice(8 * l, 8), keys[l], values[l], real, slot, n_head,
           static_cast<float>(eps));
   auto out = torch::empty_like(x);
   layer_norm(x.data_ptr<float>(), out.data_ptr<float>(), rows, e, ln_f_weight.data_ptr<float>(),
@@ -344,7 +352,7 @@ torch::Tensor decode_step(const torch::Tensor& tokens, const torch::Tensor& wte,
 // profiler sees it and torch.compile can call it from a graph (rows.py gives its shape rule).
 TORCH_LIBRARY(minigpt, m) {
   m.def("rows_product(Tensor x, Tensor weight, Tensor scales, Tensor bias) -> Tensor");
-  m.def("decode_step(Tensor tokens, Tensor wte, Tensor wpe, Tensor[] weights, Tensor[] packed, Tensor(a!)[] keys, Tensor(b!)[] values, "
+  m.def("decode_step(Tensor tokens, Tensor wte, Tensor wpe, Tensor[] weights, Any[] kernels, Tensor(a!)[] keys, Tensor(b!)[] values, "
         "Tensor real, Tensor slot, Tensor ln_f_weight, Tensor ln_f_bias, int n_head, float eps) -> Tensor");
 }
 
@@ -352,6 +360,3 @@ TORCH_LIBRARY_IMPL(minigpt, CPU, m) {
   m.impl("rows_product", &product);
   m.impl("decode_step", &decode_step);
 }
-
-// A oneDNN weight among the inputs sends the call to the MkldnnCPU key: the same function serves it.
-TORCH_LIBRARY_IMPL(minigpt, MkldnnCPU, m) { m.impl("decode_step", &decode_step); }
