@@ -12,7 +12,9 @@ the next, so `choose` times them here:
   together the weights are many times the caches) and not from a cache warmed by the last call;
   the candidates take turns, a warm-up pass first, then REPEATS timed passes;
 - per kind of matrix (format, in, out: the 12 layers' c_attn are one kind) and row count, the
-  candidate with the least median time wins; a call with r rows takes the choice for the largest
+  candidate with the least time over its passes wins (the least, not the median: another process
+  on the CPU can only make a pass slower, and on a shared 2-core machine one pass in three can
+  take several times as long); a call with r rows takes the choice for the largest
   timed count <= r;
 - a candidate more than 3x slower than the best and losing ground as the rows grow is not timed
   at larger counts (PyTorch's weight-only int8 product runs a scalar loop on some CPUs, 25x slower).
@@ -30,7 +32,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -130,7 +131,7 @@ def measure(routes: list[Routes], clock: Callable[[], float] = time.perf_counter
                     for key, t in total.items():
                         seconds.setdefault((key, name), []).append(t)
         for key in kinds:
-            times = {name: statistics.median(seconds[(key, name)]) for name in alive[key]}
+            times = {name: min(seconds[(key, name)]) for name in alive[key]}
             best = min(times, key=times.get)
             chosen[key][rows] = best
             for name, t in times.items():
