@@ -13,7 +13,8 @@ matters, and the module step serves those rows). The head stays the model's own,
 
 Its gain grows with the rows: on 2 EPYC cores at 8 rows, the module step's products (by oneDNN)
 took 19.7 ms of its 27.3, and the rest (attention over every cache slot, the small calls between
-the products) 7.6 ms; the fused step does that rest in C++ over the filled slots only.
+the products) 7.6 ms; the fused step does that rest in C++ over the filled slots only: 20.9 ms
+in all. An int8 step at 8 rows, its products by fbgemm: 14.1 ms module by module, 9.5 fused.
 
 The model stays the readable one: a `FusedStep` is the model's `next_logits` (an attribute that
 shadows the method, as `compile_step`'s), and it runs `GPT.next_logits` itself whenever the fused
