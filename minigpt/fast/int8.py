@@ -81,9 +81,10 @@ def check_input(x: Tensor, q: Tensor) -> None:
 
 def int8_routes(weight: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> tuple[Routes, tuple | None, object]:
     """The kernels that multiply rows by the int8 weight, its blocks of 32 (for rows.cpp, where it
-    fits) and fbgemm's prepacked weight (None off the CPU; the fused step calls fbgemm with it). On the CPU: rows.cpp (blocks; the activations rounded to 16 bits), fbgemm (per row; the activations
-    quantized to 8 bits on the fly, VNNI), PyTorch's weight-only `_weight_int8pack_mm` (per row;
-    float32 activations). Elsewhere weight-only, W = Q · s dequantized inside the product
+    fits) and fbgemm's prepacked weight (None off the CPU; the fused step calls fbgemm with it).
+    On the CPU: rows.cpp (blocks; the activations rounded to 16 bits), fbgemm (per row; the
+    activations quantized to 8 bits on the fly, VNNI), PyTorch's weight-only `_weight_int8pack_mm`
+    (per row; float32 activations). Elsewhere weight-only, W = Q · s dequantized inside the product
     (gpt-fast's recipe; compiled, the conversion fuses into the product's read of Q)."""
     if q.device.type != "cpu":
         def dequantized(x: Tensor) -> Tensor:
