@@ -114,14 +114,14 @@ def layer_tensors(block: TransformerBlock) -> list[Tensor]:
 
 def step_kernels(block: TransformerBlock, rows: int) -> list:
     """What decode_step's `kernels` holds for one block at `rows` rows: per matrix (c_attn,
-    attn.c_proj, c_fc, mlp.c_proj), where its routes give that many rows to oneDNN, its weight in
-    oneDNN's layout and its bias in the weight's dtype (as PackedLinear's oneDNN route passes them);
-    to fbgemm, fbgemm's prepacked weight (bias inside) and None; else None, None (rows.cpp)."""
+    attn.c_proj, c_fc, mlp.c_proj), where its routes give that many rows to oneDNN, the weight and
+    bias its oneDNN route passes (packed_routes); to fbgemm, fbgemm's prepacked weight (bias
+    inside) and None; else None, None (rows.cpp)."""
     entries = []
     for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
         kernel = linear.routes.name_for(rows)
         if kernel == "oneDNN":
-            entries += [linear.packed, None if linear.bias is None else linear.bias.to(linear.packed.dtype)]
+            entries += [linear.packed, linear.packed_bias]
         elif kernel == "fbgemm":
             entries += [linear.fbgemm, None]
         else:

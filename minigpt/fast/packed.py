@@ -71,8 +71,9 @@ def check_input(x: Tensor, packed: Tensor) -> None:
         raise ValueError("packed weights are for inference: no gradient flows through them; use the unpacked model")
 
 
-def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor]:
-    """The kernels that multiply float32 rows by this (out in) weight, and its oneDNN layout:
+def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor, Tensor | None]:
+    """The kernels that multiply float32 rows by this (out in) weight, its oneDNN layout and the
+    bias in the weight's dtype, as oneDNN takes them (the fused step calls oneDNN with both):
     oneDNN (blocked layout; bfloat16 weights take the activations rounded to bfloat16 and add the
     bias in bfloat16), rows.cpp (the weight as stored) where it fits, and for float32 weights
     PyTorch's own F.linear (MKL or oneDNN, as PyTorch dispatches)."""
@@ -88,7 +89,7 @@ def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor]:
     if weight.dtype == torch.float32:
         kernels["ATen"] = lambda x: F.linear(x, weight, bias)
     name = str(weight.dtype).removeprefix("torch.")
-    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default="oneDNN"), packed
+    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default="oneDNN"), packed, packed_bias
 
 
 class PackedLinear(nn.Module):
@@ -101,7 +102,7 @@ class PackedLinear(nn.Module):
         # Plain attributes, not buffers: .to() must not try to convert a oneDNN tensor.
         self.weight = linear.weight.detach().to(weights or linear.weight.dtype)  # (out in), as stored
         self.bias = None if linear.bias is None else linear.bias.detach()
-        self.routes, self.packed = packed_routes(self.weight, self.bias)
+        self.routes, self.packed, self.packed_bias = packed_routes(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (... in) -> (... out)
         check_input(x, self.packed)
@@ -118,7 +119,7 @@ class PackedTokenEmbedding(TokenEmbedding):
     def __init__(self, embedding: TokenEmbedding, weights: torch.dtype | None = None):
         super().__init__(embedding.num_embeddings, embedding.embedding_dim, _weight=embedding.weight.detach(), _freeze=True)
         self.head = self.weight.detach().to(weights or self.weight.dtype)  # the table itself where the dtypes agree
-        self.routes, self.packed = packed_routes(self.head, None)
+        self.routes, self.packed, _ = packed_routes(self.head, None)
 
     def unembed(self, x: Tensor) -> Tensor:  # (b t e) -> (b t v)
         check_input(x, self.packed)
