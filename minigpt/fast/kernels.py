@@ -20,9 +20,9 @@ the next, so `choose` times them here:
   at larger counts (PyTorch's weight-only int8 product runs a scalar loop on some CPUs, 25x slower).
 
 The choices are kept in a small JSON file, keyed by the CPU (model name and a digest of its flags),
-the torch version, the thread count and rows.cpp's digest, under the user's cache directory (`cache_path()`;
-MINIGPT_CACHE_DIR moves it), so a model of the same shape on the same machine is not timed again;
-`clear_cache()` removes it. `report(model)` says what was chosen.
+the torch version, the thread count and a digest of rows.cpp and of the timing code (TIMED_BY),
+under the user's cache directory (`cache_path()`; MINIGPT_CACHE_DIR moves it), so a model of the
+same shape on the same machine is not timed again; `clear_cache()` removes it. `report(model)` says what was chosen.
 """
 
 from __future__ import annotations
@@ -210,17 +210,23 @@ def save_cache(cache: dict) -> None:
         pass
 
 
+TIMED_BY = ("rows.cpp", "kernels.py", "fused.py")  # the kernel, and the code that times the choices
+
+
 def machine_key() -> str:
     """What a choice holds for: the CPU's model name and a digest of its flags, torch, the threads,
-    and a digest of rows.cpp (a changed kernel is timed again)."""
+    and a digest of TIMED_BY (a changed kernel, or a changed way of timing, is timed again)."""
     return (f"{cpu_name()} flags:{cpu_flags_digest()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-            f" | rows.cpp {rows_digest()}")
+            f" | code {code_digest()}")
 
 
 @functools.cache
-def rows_digest() -> str:
-    """rows.cpp's digest, read once a process (machine_key is asked by every optimize)."""
-    return hashlib.sha256(Path(__file__).with_name("rows.cpp").read_bytes()).hexdigest()[:12]
+def code_digest() -> str:
+    """TIMED_BY's digest, read once a process (machine_key is asked by every optimize)."""
+    digest = hashlib.sha256()
+    for name in TIMED_BY:
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def cpu_info() -> dict[str, str]:
