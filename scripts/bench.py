@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -56,14 +57,14 @@ from minigpt import GPT, Tokenizer
 from minigpt.checks import check_device
 from minigpt.config import PRESETS
 from minigpt.fast import WEIGHT_FORMATS, cache_path, compile_step, describe, optimize
-from minigpt.fast.kernels import cpu_name, vector_flags
+from minigpt.fast.cpu import capabilities, cpu_name, vector_flags
 from minigpt.fast.int8 import Int8Linear, Int8TokenEmbedding
 from minigpt.fast.packed import PackedLinear, PackedTokenEmbedding
 from minigpt.training.corpus import shakespeare
 from weights import SHAKESPEARE, load_gpt2, load_tokenizer
 
 
-PAUSE = 0.05  # seconds between two timed runs
+PAUSE = 0.3  # seconds between two timed runs: longer than CTranslate2's OpenMP threads spin after a run (200 ms)
 
 
 def timed(runs: list, device: str, repeats: int) -> list[float]:
@@ -74,8 +75,9 @@ def timed(runs: list, device: str, repeats: int) -> list[float]:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         # A pause first: an engine's threads spin for a while after it returns (ONNX Runtime's do
-        # by default), and would take the cores from the next one. Measured: a 32-token prompt
-        # took our float32 model 58 ms right after ONNX Runtime ran, 27 ms alone.
+        # by default, CTranslate2's for 200 ms), and would take the cores from the next one.
+        # Measured on 2 AVX2 cores, taking turns: our float32 greedy 885 ms with a pause of 50 ms
+        # after CTranslate2, 671 ms with 300 ms (CTranslate2 715 and 511, ONNX Runtime 748 and 534).
         time.sleep(PAUSE)
         start = time.perf_counter()
         measured = job()  # a job in another process reports its own time (no pipe overhead counted)
@@ -174,7 +176,7 @@ def step_tensors(model) -> list[torch.Tensor]:
     if isinstance(head, PackedTokenEmbedding):
         return [m.weight for m in linears] + [head.head]
     if isinstance(head, Int8TokenEmbedding):
-        return [t for m in linears for t in m.blocks] + list(head.blocks)
+        return [t for m in linears for t in (m.q, m.scales)] + [head.q, head.scales]
     raise ValueError(f"not an optimized CPU model: its head is {type(head).__name__}")
 
 
@@ -265,6 +267,10 @@ def main(args: argparse.Namespace) -> int:
              None),
         ]
 
+    # every worker has loaded (and converted, quantized) its model before anything is timed: a
+    # worker still starting took one core from the first cases (our batch 1 measured at a quarter)
+    for worker, case in [(e, peer_case(one, 1)) for e in engines.values()] + ([(legacy, legacy_case(one, 1))] if legacy else []):
+        worker.ask(case)
     print(machine_line())
     if cpu:
         print(where(), flush=True)
@@ -312,9 +318,11 @@ def where() -> str:
         caches.append(f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''} {size}")
     words = torch.ones(2**28, dtype=torch.int32)  # 1 GiB
     best = min(seconds(words.max) for _ in range(3))
+    restricted = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if name in os.environ]
     return (f"CPU {cpu_name()}; vector instructions: {' '.join(vector_flags()) or 'none found'}; caches (per core, "
             f"L3 shared): {', '.join(caches) or 'unknown'}; memory read {words.nbytes / best / 1e9:.1f} GB/s "
-            f"(an integer max over 1 GiB, best of 3)")
+            f"(an integer max over 1 GiB, best of 3)\nPyTorch's kernels {torch.backends.cpu.get_cpu_capability()}; "
+            f"minigpt: {capabilities()}" + (f"; instruction set restricted by {' '.join(restricted)}" if restricted else ""))
 
 
 def bound(models: dict, length: int, repeats: int) -> None:

@@ -8,17 +8,19 @@ where both tokens are real. Padding predicts nothing and is never predicted.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..checks import real_tokens
 from ..model import GPT
 
 
 def check_gpt(model: object, caller: str) -> GPT:
-    """The analysis tools read a minigpt GPT's hook points and config: anything else is named here."""
-    if not isinstance(model, GPT):
+    """The analysis tools read a minigpt GPT's hook points and config: a GPT, or the GPT that
+    `minigpt.fast.optimize` wraps (its `.model`); anything else is named here."""
+    inner = getattr(model, "model", None) if isinstance(model, nn.Module) and not isinstance(model, GPT) else model
+    if not isinstance(inner, GPT):
         raise ValueError(f"{caller} takes a minigpt GPT (load_gpt2 or GPT(config)), got {type(model).__name__}")
-    return model
+    return inner
 
 
 def predicted(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:

@@ -1,28 +1,24 @@
-"""A GPT-2's whole decoding step in one C++ call, where that is faster: `fuse_step(model)`.
+"""A GPT-2's whole decoding step in one C++ call, where that is faster: `FusedStep`.
 
 At batch 1 a step's matrix products read the weights at close to the memory's speed (rows.cpp),
-and what is left is everything around them: on 2 EPYC cores, of an eager float32 step's 8.6 ms,
-1.3 ms went to the few hundred small PyTorch calls and their Python (layer norms, reshapes, the
-cache's index_copy_, the attention's bmm and softmax on one query, the hook points' tests).
-`decode_step` in rows.cpp does the same computation in one operator: embeddings, then per block
-ln_1, c_attn, the new key and value written into the cache at its slot, attention over the
-real slots, c_proj, ln_2, c_fc, GELU (tanh), c_proj; then ln_f. Each product runs on the kernel
-its matrix's routes chose for that many rows (kernels.py) where that is oneDNN, fbgemm or
-rows.cpp, and on rows.cpp where it is another (the fused step then measures slower where that
-matters, and the module step serves those rows). The head stays the model's own, routed the same way.
+and what is left is everything around them: the few hundred small PyTorch calls and their Python
+(layer norms, reshapes, the cache's index_copy_, the attention's bmm and softmax on one query, the
+hook points' tests). `decode_step` in rows.cpp does the same computation in one operator:
+embeddings, then per block ln_1, c_attn, the new key and value written into the cache at its
+slot, attention over the real slots, c_proj, ln_2, c_fc, GELU (tanh), c_proj; then ln_f. Each
+product runs on the kernel its matrix's routes chose for that many rows (kernels.py) where that
+is oneDNN or rows.cpp, and on rows.cpp where it is another (every kernel of a format computes the
+same numbers; the fused step then measures slower where that matters, and the module step serves
+those rows). The head stays the model's own, routed the same way. Its gain grows with the rows:
+the fused step does the attention over the filled slots only (docs/fast.md has the profiles).
 
-Its gain grows with the rows: on 2 EPYC cores at 8 rows, the module step's products (by oneDNN)
-took 19.7 ms of its 27.3, and the rest (attention over every cache slot, the small calls between
-the products) 7.6 ms; the fused step does that rest in C++ over the filled slots only: 20.9 ms
-in all. An int8 step at 8 rows, its products by fbgemm: 14.1 ms module by module, 9.5 fused.
-
-The model stays the readable one: a `FusedStep` is the model's `next_logits` (an attribute that
-shadows the method, as `compile_step`'s), and it runs `GPT.next_logits` itself whenever the fused
-kernel would compute something else: a hook set (hooks, head masks, `trace`), the model in train
-mode, a module swapped or pruned after fusing (seen from the next generation on), a cache not
-float32. Which row counts it serves is
-measured as the kernels are (kernels.py): the fused step and the module step take turns at each
-count in STEP_ROWS, on a cache of STEP_SLOTS slots, and the faster wins; the choice is cached.
+The model stays the readable one: a `FusedStep` is the step of the `FastGPT` that `optimize`
+returns (model.py), and it runs the model's own `next_logits` whenever the fused kernel would
+compute something else: a hook set (hooks, head masks, `trace`), the model in train mode, a
+module swapped or pruned after fusing (seen from the next generation on), a cache not float32.
+Which row counts it serves is measured as the kernels are (kernels.py): the fused step and the
+module step take turns at each count in STEP_ROWS, on a cache of STEP_SLOTS slots, and the
+faster wins; the choice is cached.
 """
 
 from __future__ import annotations
@@ -42,24 +38,11 @@ from . import kernels
 from .gelu import tanh_gelu
 from .int8 import Int8Linear
 from .packed import PackedLinear
-from .rows import built
+from .rows import PREFETCH, built, ops
 
 STEP_ROWS = (1, 2, 3, 4, 6, 8, 12, 16)  # the batch sizes timed; more rows take the module step
 STEP_SLOTS = (32, 64)  # a timed step's cache: 32 slots filled of 64
 STEPS = 4  # steps per timed turn (one step is a few milliseconds: too short to time alone)
-
-
-def fuse_step(model: GPT, *, verbose: bool = False) -> GPT:
-    """Give the model a fused decoding step for the row counts where it measures faster than the
-    module step (timed once on this machine, then cached). Needs its matrices swapped for fast
-    modules with rows.cpp layouts (`pack_for_cpu`, `quantize_int8`). Returns the model."""
-    reason = not_fusable(model)
-    if reason:
-        raise ValueError(f"fuse_step cannot fuse this model's step: {reason}")
-    if "next_logits" in vars(model):
-        raise ValueError("the model's step is already replaced (fused or compiled); fuse a freshly optimized model")
-    model.next_logits = FusedStep(model, verbose=verbose)
-    return model
 
 
 def not_fusable(model: GPT) -> str | None:
@@ -107,7 +90,7 @@ def layer_tensors(block: TransformerBlock) -> list[Tensor]:
         if linear == "ln_2":
             tensors += [block.ln_2.weight, block.ln_2.bias]
             continue
-        weight, scales = linear.blocks if isinstance(linear, Int8Linear) else (linear.weight, empty)
+        weight, scales = (linear.q, linear.scales) if isinstance(linear, Int8Linear) else (linear.weight, empty)
         tensors += [weight, scales, empty if linear.bias is None else linear.bias]
     return [t.detach().contiguous() for t in tensors]
 
@@ -115,17 +98,13 @@ def layer_tensors(block: TransformerBlock) -> list[Tensor]:
 def step_kernels(block: TransformerBlock, rows: int) -> list:
     """What decode_step's `kernels` holds for one block at `rows` rows: per matrix (c_attn,
     attn.c_proj, c_fc, mlp.c_proj), where its routes give that many rows to oneDNN, the weight and
-    bias its oneDNN route passes (packed_routes); to fbgemm, fbgemm's prepacked weight (bias
-    inside) and None; else None, None (rows.cpp)."""
+    bias its oneDNN route passes (packed_routes); to rows.cpp with a prefetch, its distance and
+    None; else None, None (rows.cpp)."""
     entries = []
     for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
-        kernel = linear.routes.name_for(rows)
-        if kernel == "oneDNN":
-            entries += [linear.packed, linear.packed_bias]
-        elif kernel == "fbgemm":
-            entries += [linear.fbgemm, None]
-        else:
-            entries += [None, None]
+        name = linear.routes.name_for(rows)
+        entries += ([linear.packed, linear.packed_bias] if name == "oneDNN" else
+                    [PREFETCH, None] if name == "rows.cpp+prefetch" else [None, None])
     return entries
 
 
@@ -133,6 +112,9 @@ class FusedStep:
     """`next_logits(tokens, cache)` for a model whose step decode_step can compute (module docstring)."""
 
     def __init__(self, model: GPT, *, verbose: bool = False):
+        reason = not_fusable(model)
+        if reason:
+            raise ValueError(f"the step of this model cannot be fused: {reason}")
         self.model = model
         self.layout = self.modules()  # what the fused kernel was built from; a module swapped since: not fused
         self.weights = [t for block in model.blocks for t in layer_tensors(block)]
@@ -160,19 +142,23 @@ class FusedStep:
 
     def __call__(self, tokens: Tensor, cache: KVCache) -> Tensor:  # tokens (b) -> logits (b v)
         if not (self.fused(tokens.shape[0], cache) and cache.dtype == torch.float32):
-            return GPT.next_logits(self.model, tokens, cache)
+            return self.model.next_logits(tokens, cache)
         return self.step(tokens, cache)
 
     def step(self, tokens: Tensor, cache: KVCache) -> Tensor:
         model = self.model
         real, slot = cache.append(torch.ones_like(tokens, dtype=torch.bool)[:, None])  # (b s), (1)
-        rows = tokens.shape[0]
-        if rows not in self.kernels:
-            self.kernels[rows] = [entry for block in model.blocks for entry in step_kernels(block, rows)]
-        hidden = torch.ops.minigpt.decode_step(tokens.contiguous(), model.wte.weight, model.wpe.weight, self.weights,
-                                               self.kernels[rows], cache.keys, cache.values, real, slot, model.ln_f.weight,
-                                               model.ln_f.bias, model.config.n_head, model.config.layer_norm_epsilon)
+        batch = tokens.shape[0]
+        if batch not in self.kernels:
+            self.kernels[batch] = [entry for block in model.blocks for entry in step_kernels(block, batch)]
+        hidden = ops().decode_step(tokens.contiguous(), model.wte.weight, model.wpe.weight, self.weights, self.kernels[batch],
+                                   cache.keys, cache.values, real, slot, model.ln_f.weight, model.ln_f.bias,
+                                   model.config.n_head, model.config.layer_norm_epsilon)
         return model.head(hidden)  # (b e) -> (b v): the routed head, through the logits hook point
+
+    def __repr__(self) -> str:
+        fused = [rows for rows, name in self.rows.items() if name == "fused"]
+        return f"fused at batch {', '.join(map(str, fused)) or 'none'}, else module by module"
 
 
 def choose(step: FusedStep, *, verbose: bool = False) -> dict[int, str]:
@@ -180,38 +166,32 @@ def choose(step: FusedStep, *, verbose: bool = False) -> dict[int, str]:
     config = step.model.config
     formats = sorted({m.routes.key.split()[0] for m in step.layout if isinstance(m, (PackedLinear, Int8Linear))})
     key = f"step {'+'.join(formats)} l{config.n_layer} e{config.n_embd} h{config.n_head} v{config.vocab_size} [fused modules]"
-    cache = kernels.load_cache()
-    entries = cache.setdefault(kernels.machine_key(), {})
-    if key not in entries:
-        if verbose:
-            print(f"timing the fused step against the module step at {len(STEP_ROWS)} batch sizes "
-                  f"(once on this machine; cached in {kernels.cache_path()})", flush=True)
-        entries[key] = {str(rows): name for rows, name in measure(step).items()}
-        kernels.save_cache(cache)
-    return dict(sorted((int(rows), name) for rows, name in entries[key].items()))  # JSON keeps the keys as strings
+    what = f"the fused step against the module step at {len(STEP_ROWS)} batch sizes"
+    return kernels.cached([key], lambda keys: {key: measure(step)}, what, verbose)[key]
 
 
-def measure(step: FusedStep, clock: Callable[[], float] = time.perf_counter) -> dict[int, str]:
-    """The faster of the fused and the module step per row count in STEP_ROWS: they take turns,
-    a warm-up turn, then REPEATS timed turns of STEPS steps each, on a cache with STEP_SLOTS[0]
-    slots filled (each step writes the same next slot)."""
+def measure(step: FusedStep, clock: Callable[[], float] = time.perf_counter) -> tuple[dict[int, str], float]:
+    """The faster of the fused and the module step per row count in STEP_ROWS, taking turns
+    (kernels.take_turns) in STEPS steps a pass on a cache with STEP_SLOTS[0] slots filled (each
+    step writes the same next slot); with the widest spread of the winners' passes."""
     model = step.model
     filled, slots = STEP_SLOTS
-    candidates = {"fused": step.step, "modules": lambda tokens, cache: GPT.next_logits(model, tokens, cache)}
-    chosen = {}
+    candidates = {"fused": step.step, "modules": model.next_logits}
+    chosen, spread = {}, 1.0
     for rows in STEP_ROWS:
         cache = model.new_cache(rows, min(slots, model.config.n_positions))
         cache.append(torch.ones(rows, min(filled, cache.max_length - 1), dtype=torch.bool))
         end = cache.end.clone()
         tokens = torch.zeros(rows, dtype=torch.long)
-        seconds: dict[str, list[float]] = {name: [] for name in candidates}
-        for repeat in range(kernels.REPEATS + 1):
-            for name, run in candidates.items():
-                start = clock()
-                for _ in range(STEPS):
-                    cache.end.copy_(end)
-                    run(tokens, cache)
-                if repeat:  # the first pass warms up
-                    seconds[name].append(clock() - start)
-        chosen[rows] = min(seconds, key=lambda name: min(seconds[name]))  # the least, as kernels.measure
-    return chosen
+
+        def one_pass(name: str) -> dict[str, float]:
+            start = clock()
+            for _ in range(STEPS):
+                cache.end.copy_(end)
+                candidates[name](tokens, cache)
+            return {"step": clock() - start}
+
+        seconds = kernels.take_turns(list(candidates), one_pass)
+        chosen[rows], spread_now = kernels.fastest({name: seconds[("step", name)] for name in candidates})
+        spread = max(spread, spread_now)
+    return chosen, spread

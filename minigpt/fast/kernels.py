@@ -1,28 +1,37 @@
-"""Which kernel multiplies how many rows, chosen by timing the candidates on this machine, once.
+"""Which kernel multiplies how many rows, chosen by timing the candidates on this machine.
 
 Each fast module (packed.py, int8.py) can multiply by its weight matrix with several kernels:
-rows.cpp, oneDNN, PyTorch's own `F.linear`, fbgemm, PyTorch's weight-only int8 product. Which is
-fastest depends on the CPU (its vector units, AMX tiles, caches, memory bandwidth), the matrix's
+rows.cpp, oneDNN, PyTorch's own `F.linear`, PyTorch's product on the weights widened to float32.
+Every candidate of a format computes the same numbers (the format's, rows.py), summed in other
+orders, so the choice changes the speed and never the tokens (tests/test_kernels.py forces each).
+Which is fastest depends on the CPU (its vector units, caches, memory bandwidth), the matrix's
 shape and the number of rows: rows.cpp streams the weights for one or two rows, the libraries'
-blocked kernels reuse each loaded weight across many. A constant measured on one CPU is wrong on
-the next, so `choose` times them here:
+blocked kernels reuse each loaded weight across many. Only the kernels this CPU runs are
+candidates (cpu.py); a constant measured on one CPU is wrong on the next, so `choose` times them:
 
 - for each row count in ROWS, every candidate multiplies that many rows by every matrix of the
   model, in the model's order, so that each weight comes from memory as in a real step (taken
   together the weights are many times the caches) and not from a cache warmed by the last call;
-  the candidates take turns, a warm-up pass first, then REPEATS timed passes;
+  the candidates take turns (`take_turns`, which fused.py's step timing uses too), a warm-up
+  pass first, then REPEATS timed passes;
 - per kind of matrix (format, in, out: the 12 layers' c_attn are one kind) and row count, the
   candidate with the least time over its passes wins (the least, not the median: another process
-  on the CPU can only make a pass slower, and on a shared 2-core machine one pass in three can
-  take several times as long); a call with r rows takes the choice for the largest
+  on the CPU can only make a pass slower); a call with r rows takes the choice for the largest
   timed count <= r;
-- a candidate more than 3x slower than the best and losing ground as the rows grow is not timed
-  at larger counts (PyTorch's weight-only int8 product runs a scalar loop on some CPUs, 25x slower).
+- above ALL_MATRICES_UP_TO rows, where a pass takes long, a candidate more than 2x slower than
+  the best and losing ground as the rows grow (its lag grown by more than LOSING, more than a
+  pass's noise) is not timed at larger counts. Below, every candidate is timed at every count:
+  the widened products lag far behind at one row and win at hundreds, and a lag that grew between
+  two small counts by noise alone dropped them before they could.
 
-The choices are kept in a small JSON file, keyed by the CPU (model name and a digest of its flags),
-the torch version, the thread count and a digest of rows.cpp and of the timing code (TIMED_BY),
-under the user's cache directory (`cache_path()`; MINIGPT_CACHE_DIR moves it), so a model of the
-same shape on the same machine is not timed again; `clear_cache()` removes it. `report(model)` says what was chosen.
+The choices are kept in a small JSON file, keyed by the CPU (model name, a digest of its flags,
+and what cpu.py says it may run), the torch version, the thread count and a digest of rows.cpp
+and of the timing code (TIMED_BY), under the user's cache directory (`cache_path()`;
+MINIGPT_CACHE_DIR moves it), so a model of the same shape on the same machine is not timed
+again; `clear_cache()` removes it. A timing taken while something else ran is not kept for good:
+where the winners' passes spread by more than NOISY (the median over the least), the choice
+serves this process and is timed again by the next `optimize`, up to TRIES times, the last kept.
+`report(model)` says what was chosen.
 """
 
 from __future__ import annotations
@@ -31,20 +40,25 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from . import cpu
+from .cpu import cpu_flags_digest, cpu_name
+
 Kernel = Callable[[Tensor], Tensor]  # x (... in) float32 -> x Wᵀ + b (... out) float32
 
-ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128)  # the row counts timed; more rows take 128's choice
+ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 512)  # the row counts timed; more rows take 512's choice
 REPEATS = 3  # timed passes per row count, after one warm-up pass
 ALL_MATRICES_UP_TO = 16  # above this many rows a product is bound by arithmetic, not by reading the
                          # weights: one matrix of each kind is timed, not all, to keep the timing short
+LOSING = 1.1  # a candidate whose lag on the best grew by more than this (not noise) is losing ground
+NOISY = 1.3  # a winner whose median timed pass took more than this times its least: timed while busy
+TRIES = 3  # times a noisy choice is timed again, by later calls, before the last is kept
 
 
 class Routes:
@@ -85,61 +99,97 @@ def choose(model: torch.nn.Module, *, verbose: bool = False) -> dict[str, dict[i
     routes = routes_of(model)
     if not routes:
         return {}
-    cache = load_cache()
-    entries = cache.setdefault(machine_key(), {})
-    missing = [r for r in routes if len(r.kernels) > 1 and entry_key(r) not in entries]
-    if missing:
-        if verbose:
-            kinds = sorted({r.key for r in missing})
-            print(f"timing {', '.join(sorted({n for r in missing for n in r.kernels}))} for {len(kinds)} kinds of "
-                  f"matrix at {len(ROWS)} row counts (once on this machine; cached in {cache_path()})", flush=True)
-        entries |= {key: {str(rows): name for rows, name in chosen.items()} for key, chosen in measure(missing).items()}
-        save_cache(cache)
+    missing = [r for r in routes if len(r.kernels) > 1]
+    timed = cached(sorted({entry_key(r) for r in missing}), lambda keys: measure([r for r in missing if entry_key(r) in keys]),
+                   f"{', '.join(sorted({n for r in missing for n in r.kernels}))} for {{}} kinds of matrix at {len(ROWS)} "
+                   "row counts", verbose)
     choices = {}
     for r in routes:
         if len(r.kernels) > 1:
-            r.choose({int(rows): name for rows, name in entries[entry_key(r)].items()})
+            r.choose(timed[entry_key(r)])
         choices[r.key] = r.chosen
     return choices
 
 
-def measure(routes: list[Routes], clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[int, str]]:
-    """The fastest kernel per kind of matrix (`entry_key`) and row count, timed as the module docstring says."""
+def cached(keys: list[str], measure_: Callable[[set[str]], dict[str, tuple[dict[int, str], float]]], what: str,
+           verbose: bool) -> dict[str, dict[int, str]]:
+    """{key: choice per row count} for each key: from the cache where it holds a settled choice (or
+    one timed TRIES times), else measured now (`measure_(keys to time)` -> {key: (choice, spread)})
+    and cached, marked noisy where its spread exceeds NOISY (module docstring)."""
+    cache = load_cache()
+    entries = cache.setdefault(machine_key(), {})
+    stale = {key for key in keys if key not in entries or (entries[key].get("spread", 0) > NOISY
+                                                            and entries[key].get("tries", 0) < TRIES)}
+    if stale:
+        if verbose:
+            print(f"timing {what.format(len(stale))} (once on this machine; cached in {cache_path()})", flush=True)
+        for key, (chosen, spread) in measure_(stale).items():
+            tries = entries.get(key, {}).get("tries", 0) + 1
+            entries[key] = {"rows": {str(rows): name for rows, name in chosen.items()}, "spread": round(spread, 3), "tries": tries}
+            if verbose and spread > NOISY:
+                print(f"  {key}: passes spread {spread:.2f}x (busy machine?); timed again by the next optimize "
+                      f"({tries} of {TRIES})", flush=True)
+        save_cache(cache)
+    return {key: dict(sorted((int(rows), name) for rows, name in entries[key]["rows"].items())) for key in keys}
+
+
+def take_turns(names: list[str], run: Callable[[str], dict[str, float]], repeats: int = REPEATS) -> dict[tuple[str, str], list[float]]:
+    """The candidates `names` take turns: `run(name)` makes one pass of candidate `name` and returns
+    {what was timed: seconds}; a warm-up pass first (oneDNN makes its primitive for each new shape),
+    then `repeats` timed ones. Returns {(what, name): seconds of each timed pass}."""
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for repeat in range(repeats + 1):
+        for name in names:
+            for what, t in run(name).items():
+                if repeat:
+                    seconds.setdefault((what, name), []).append(t)
+    return seconds
+
+
+def fastest(seconds: dict[str, list[float]]) -> tuple[str, float]:
+    """The candidate with the least time over its passes, and how far its passes spread (the
+    median pass over the least: one slow pass is common, a slow half is a busy machine)."""
+    best = min(seconds, key=lambda name: min(seconds[name]))
+    passes = sorted(seconds[best])
+    return best, passes[len(passes) // 2] / max(passes[0], 1e-12)
+
+
+def measure(routes: list[Routes], clock: Callable[[], float] = time.perf_counter) -> dict[str, tuple[dict[int, str], float]]:
+    """The fastest kernel per kind of matrix (`entry_key`) and row count, timed as the module
+    docstring says; with each kind, the widest spread of its winners' passes."""
     kinds: dict[str, list[Routes]] = {}  # entry_key -> the matrices of that kind
     for r in routes:
         kinds.setdefault(entry_key(r), []).append(r)
     alive = {key: list(group[0].kernels) for key, group in kinds.items()}
     behind: dict[tuple[str, str], float] = {}  # (kind, kernel) -> how many times the best's time it took
     chosen: dict[str, dict[int, str]] = {key: {} for key in kinds}
+    spread = {key: 1.0 for key in kinds}
     generator = torch.Generator().manual_seed(0)
     for rows in ROWS:
         timed = routes if rows <= ALL_MATRICES_UP_TO else [group[0] for group in kinds.values()]
         inputs = {entry_key(r): torch.randn(rows, in_features(r), generator=generator) for r in timed}
-        seconds: dict[tuple[str, str], list[float]] = {}
-        for repeat in range(REPEATS + 1):
-            for name in sorted({n for names in alive.values() for n in names}):  # the candidates take turns
-                total: dict[str, float] = {}
-                for r in timed:
-                    key = entry_key(r)
-                    if name not in alive[key]:
-                        continue
-                    kernel, x = r.kernels[name], inputs[key]
+
+        def one_pass(name: str) -> dict[str, float]:  # every matrix that has kernel `name`, in the model's order
+            total: dict[str, float] = {}
+            for r in timed:
+                key = entry_key(r)
+                if name in alive[key]:
                     start = clock()
-                    kernel(x)
+                    r.kernels[name](inputs[key])
                     total[key] = total.get(key, 0.0) + clock() - start
-                if repeat:  # the first pass warms up (oneDNN makes its primitive for each new shape)
-                    for key, t in total.items():
-                        seconds.setdefault((key, name), []).append(t)
+            return total
+
+        seconds = take_turns(sorted({n for names in alive.values() for n in names}), one_pass)
         for key in kinds:
-            times = {name: min(seconds[(key, name)]) for name in alive[key]}
-            best = min(times, key=times.get)
-            chosen[key][rows] = best
+            times = {name: seconds[(key, name)] for name in alive[key]}
+            best, spread_now = fastest(times)
+            chosen[key][rows], spread[key] = best, max(spread[key], spread_now)
             for name, t in times.items():
-                ratio = t / max(times[best], 1e-12)
-                if ratio > 3 and ratio > behind.get((key, name), 0.0):
+                ratio = min(t) / max(min(times[best]), 1e-12)
+                if rows > ALL_MATRICES_UP_TO and ratio > 2 and ratio > LOSING * behind.get((key, name), 0.0):
                     alive[key].remove(name)
                 behind[(key, name)] = ratio
-    return chosen
+    return {key: (chosen[key], spread[key]) for key in kinds}
 
 
 def in_features(routes: Routes) -> int:
@@ -214,10 +264,11 @@ TIMED_BY = ("rows.cpp", "kernels.py", "fused.py")  # the kernel, and the code th
 
 
 def machine_key() -> str:
-    """What a choice holds for: the CPU's model name and a digest of its flags, torch, the threads,
-    and a digest of TIMED_BY (a changed kernel, or a changed way of timing, is timed again)."""
-    return (f"{cpu_name()} flags:{cpu_flags_digest()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-            f" | code {code_digest()}")
+    """What a choice holds for: the CPU's model name, a digest of its flags and what this process
+    may run on it (cpu.py), torch, the threads, and a digest of TIMED_BY (a changed kernel, or a
+    changed way of timing, is timed again)."""
+    return (f"{cpu_name()} flags:{cpu_flags_digest()} ({cpu.capabilities()}) | torch {torch.__version__} | "
+            f"{torch.get_num_threads()} threads | code {code_digest()}")
 
 
 @functools.cache
@@ -227,31 +278,3 @@ def code_digest() -> str:
     for name in TIMED_BY:
         digest.update(Path(__file__).with_name(name).read_bytes())
     return digest.hexdigest()[:12]
-
-
-def cpu_info() -> dict[str, str]:
-    """The first processor's fields from /proc/cpuinfo (Linux); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    first = text.split("\n\n")[0]
-    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
-
-
-def cpu_name() -> str:
-    return cpu_info().get("model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    return cpu_info().get("flags", "").split()
-
-
-def cpu_flags_digest() -> str:
-    return hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
-
-
-def vector_flags(flags: Iterable[str] | None = None) -> list[str]:
-    """The CPU's flags the kernels can use: AVX2, FMA, F16C, the AVX-512 family, VNNI, BF16, AMX."""
-    wanted = ("avx2", "fma", "f16c", "avx512", "vnni", "bf16", "amx")
-    return [f for f in (cpu_flags() if flags is None else flags) if f.startswith(wanted) or any(w in f for w in wanted[4:])]

@@ -11,9 +11,11 @@ A step's one or two rows are often faster still in rows.cpp, which streams the w
 are stored (rows.py); so each module keeps the weights both ways, and which kernel takes how
 many rows is measured on the machine (kernels.py).
 
-bfloat16 weights (`weights=torch.bfloat16`) halve the bytes: oneDNN multiplies them with
-AVX-512-BF16 instructions (accumulating in float32) at about half float32's time, and rows.cpp
-widens them to float32 as it reads them. In a float32 model everything else stays float32.
+bfloat16 weights (`weights=torch.bfloat16`) halve the bytes, and only the weights are rounded: the
+products take float32 activations and sum in float32 (rows.format_product). rows.cpp computes
+that on any CPU, widening the weights to float32 in registers, and PyTorch's float32 product on
+the weights widened in memory serves many rows. oneDNN's bfloat16 product is not one of them: it
+rounds the activations and its result to bfloat16 too (and raises on a CPU without AVX-512).
 
 Inference only: packing freezes the weights (no gradients flow through a packed product), and
 they stay on the CPU. Pack after loading; save the unpacked model.
@@ -28,8 +30,9 @@ from torch import Tensor, nn
 from ..embedding import TokenEmbedding
 from ..model import GPT
 from . import kernels
+from . import cpu
 from .kernels import Routes
-from .rows import fits, rows_product
+from .rows import PREFETCH, fits, format_product, rows_product
 from .swap import swap_weights
 
 PACKABLE = (torch.float32, torch.bfloat16)
@@ -39,13 +42,11 @@ def pack_for_cpu(model: GPT, weights: torch.dtype | None = None, *, verbose: boo
     """Swap every nn.Linear for a PackedLinear and the token embedding for a PackedTokenEmbedding,
     in place; the model is put in eval mode with its parameters frozen. Returns the model.
     weights: the weights' dtype, float32 or bfloat16, the model's own by default. bfloat16 weights
-    in a float32 model keep every activation float32 (the products' inputs are rounded to bfloat16
-    only where oneDNN multiplies them: the row counts it was measured fastest at). Which kernel
-    takes how many rows is timed on first use on this machine (kernels.py; `verbose` says so)."""
+    in a float32 model keep every activation float32. Which kernel takes how many rows is timed on first use on this machine (kernels.py;
+    `verbose` says so). float32 weights are packed into oneDNN's layout where PyTorch has oneDNN;
+    bfloat16 weights stay as stored, for rows.cpp and PyTorch's product."""
     if not isinstance(model, GPT):
         raise ValueError(f"pack_for_cpu packs a minigpt GPT, got {type(model).__name__}")
-    if not torch.backends.mkldnn.is_available():
-        raise ValueError("pack_for_cpu needs oneDNN, and this PyTorch build has none; use the model unpacked")
     if model.device.type != "cpu" or model.dtype not in PACKABLE:
         raise ValueError(f"pack_for_cpu needs a CPU float32 or bfloat16 model, got {model.device} {model.dtype}")
     weights = model.dtype if weights is None else weights
@@ -62,34 +63,47 @@ def _pack(weight: Tensor) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, None)
 
 
-def check_input(x: Tensor, packed: Tensor) -> None:
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, packed.dtype):
-        allowed = " or ".join(sorted({str(torch.float32), str(packed.dtype)}))
-        raise ValueError(f"these packed weights take CPU {allowed} inputs, got {x.device} {x.dtype}; "
+def check_input(x: Tensor, weights: torch.dtype) -> None:
+    allowed = sorted({str(torch.float32), str(weights)})
+    if x.device.type != "cpu" or str(x.dtype) not in allowed:
+        raise ValueError(f"these packed weights take CPU {' or '.join(allowed)} inputs, got {x.device} {x.dtype}; "
                          "pack after moving the model")
     if x.requires_grad:  # no kernel here has a backward: gradients would silently stop here
         raise ValueError("packed weights are for inference: no gradient flows through them; use the unpacked model")
 
 
-def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor, Tensor | None]:
-    """The kernels that multiply float32 rows by this (out in) weight, its oneDNN layout and the
-    bias in the weight's dtype, as oneDNN takes them (the fused step calls oneDNN with both):
-    oneDNN (blocked layout; bfloat16 weights take the activations rounded to bfloat16 and add the
-    bias in bfloat16), rows.cpp (the weight as stored) where it fits, and for float32 weights
-    PyTorch's own F.linear (MKL or oneDNN, as PyTorch dispatches)."""
-    packed = _pack(weight)
-    packed_bias = None if bias is None else bias.to(weight.dtype)
+def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor | None, Tensor | None]:
+    """The kernels this CPU runs that multiply float32 rows by this (out in) weight, each
+    computing the format's numbers (rows.format_product), with float32 weights' oneDNN layout and
+    bias, as oneDNN takes them (the fused step calls oneDNN with both; None for bfloat16 or
+    without oneDNN): oneDNN on the blocked layout, rows.cpp on the weight as stored where it fits,
+    and PyTorch's F.linear (MKL or oneDNN, as PyTorch dispatches) on float32 weights, or on the
+    bfloat16 weights widened to float32 at each call."""
+    kernels = {}
+    packed = None
+    if cpu.capabilities().onednn and weight.dtype == torch.float32:
+        packed = _pack(weight)
 
-    def onednn(x: Tensor) -> Tensor:  # (... in) -> (... out); bfloat16 weights: x rounded, the result widened back
-        return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, packed_bias, "none", [], "").to(x.dtype)
+        def onednn(x: Tensor) -> Tensor:  # (... in) -> (... out)
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
-    kernels = {"oneDNN": onednn}
-    if fits(weight):
+        kernels["oneDNN"] = onednn
+    if fits(weight):  # with and without a software prefetch: which streams faster depends on the CPU (rows.cpp)
         kernels["rows.cpp"] = lambda x: rows_product(x, weight, None, bias)
+        kernels["rows.cpp+prefetch"] = lambda x: rows_product(x, weight, None, bias, ahead=PREFETCH)
     if weight.dtype == torch.float32:
         kernels["ATen"] = lambda x: F.linear(x, weight, bias)
+    else:
+        kernels["widened"] = lambda x: format_product(x, weight, None, bias)
     name = str(weight.dtype).removeprefix("torch.")
-    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default="oneDNN"), packed, packed_bias
+    default = "oneDNN" if "oneDNN" in kernels else "ATen" if "ATen" in kernels else "widened"
+    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default=default), packed, None if packed is None else bias
+
+
+def routed(routes: Routes, x: Tensor, weights: torch.dtype) -> Tensor:
+    """x through the chosen kernel, which takes float32: a bfloat16 model's x is widened, and its result rounded back."""
+    check_input(x, weights)
+    return routes(x) if x.dtype == torch.float32 else routes(x.float()).to(x.dtype)
 
 
 class PackedLinear(nn.Module):
@@ -105,11 +119,10 @@ class PackedLinear(nn.Module):
         self.routes, self.packed, self.packed_bias = packed_routes(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (... in) -> (... out)
-        check_input(x, self.packed)
-        return self.routes(x) if x.dtype == torch.float32 else self.routes.kernels["oneDNN"](x)
+        return routed(self.routes, x, self.weight.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.packed.dtype} packed for oneDNN"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {describe_weights(self.routes, self.weight)}"
 
 
 class PackedTokenEmbedding(TokenEmbedding):
@@ -122,8 +135,11 @@ class PackedTokenEmbedding(TokenEmbedding):
         self.routes, self.packed, _ = packed_routes(self.head, None)
 
     def unembed(self, x: Tensor) -> Tensor:  # (b t e) -> (b t v)
-        check_input(x, self.packed)
-        return self.routes(x) if x.dtype == torch.float32 else self.routes.kernels["oneDNN"](x)
+        return routed(self.routes, x, self.head.dtype)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", head in {self.packed.dtype} packed for oneDNN"
+        return super().extra_repr() + f", head {describe_weights(self.routes, self.head)}"
+
+
+def describe_weights(routes: Routes, weight: Tensor) -> str:
+    return f"{str(weight.dtype).removeprefix('torch.')}{' packed for oneDNN' if 'oneDNN' in routes.kernels else ''}"

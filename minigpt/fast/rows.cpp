@@ -1,14 +1,22 @@
-// y = x Wᵀ + b for the few rows of a decoding step, W streamed from memory once (rows.py says why).
+// y = x Wᵀ + b for the few rows of a decoding step, W streamed from memory once (docs/fast.md says why).
 //
-// x (rows in) float32; W (out in) float32, bfloat16 (widened to float32 as it is read) or int8 in
-// blocks of 32 (x then rounded to 16-bit integers, once a call); b (out) float32 or empty; y (rows
-// out) float32. Each thread takes a share of W's rows (the outputs); each W row is read from
-// memory once and, while it sits in the L1 cache, multiplied by every row of x. Products
-// accumulate over vector lanes, summed once at the end.
+// x (rows in) float32; W (out in) float32, bfloat16 or int8 in blocks of 32; b (out) float32 or
+// empty; y (rows out) float32. Each weight format is one computation, whichever kernel runs it
+// (kernels.py; rows.py's format_product writes each in PyTorch): float32 and bfloat16 x·W + b, W
+// widened to float32 as it is read; int8 x rounded to 16-bit integers (one scale per row) times
+// W's blocks (one float16 scale per 32 weights), plus b. Each thread takes a share of W's rows (the outputs);
+// each W row is read from memory once and, while it sits in the L1 cache, multiplied by every row
+// of x. Products accumulate over vector lanes, summed once at the end.
+//
+// One file, built once per instruction-set level (rows.py: -march=x86-64-v2, -v3 for AVX2 + FMA,
+// -v4 for AVX-512, and VNNI), each level its own operator namespace MINIGPT_OPS. Every kernel below
+// has one body per level, chosen by the preprocessor as llama.cpp's ggml-cpu does, and a generic
+// body that is the reference the tests hold the others to (tests/test_rows.py).
 
-#include <torch/extension.h>
-
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,52 +24,59 @@
 #include <limits>
 #include <vector>
 
-#ifdef __AVX512F__
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 namespace {
 
 constexpr int64_t BLOCK = 32;  // the int8 format's block: one scale per 32 weights of a row
-constexpr int64_t LANES = 16;  // floats per vector (one AVX-512 register; the compiler splits it on smaller ones)
-// Weights are asked for this many elements before they are used: 2 KB of float32, about what one
-// core must have in flight to stream at 10-20 GB/s against ~100 ns of memory latency, whatever the
-// CPU. With one row of x the hardware prefetcher alone kept the float32 step at 70-87% of a plain
-// read's speed on 2 EPYC cores; with this, 87-93%. bfloat16, half the bytes, was at 96% already.
-constexpr int64_t AHEAD = 512;
+
+// ---- float vectors: LANES floats, and the four things the kernels do with them ------------------
+
+#if defined(__AVX512F__)
+constexpr int64_t LANES = 16;
+using Floats = __m512;
+inline Floats zeros() { return _mm512_setzero_ps(); }
+inline Floats load(const float* at) { return _mm512_loadu_ps(at); }
+inline Floats load(const uint16_t* at) {  // 16 bfloat16 widened: bfloat16 is float32's top 16 bits
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at))), 16));
+}
+inline Floats fma(Floats a, Floats b, Floats c) { return _mm512_fmadd_ps(a, b, c); }
+inline float sum(Floats v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t LANES = 8;
+using Floats = __m256;
+inline Floats zeros() { return _mm256_setzero_ps(); }
+inline Floats load(const float* at) { return _mm256_loadu_ps(at); }
+inline Floats load(const uint16_t* at) {  // 8 bfloat16 widened
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at))), 16));
+}
+inline Floats fma(Floats a, Floats b, Floats c) { return _mm256_fmadd_ps(a, b, c); }
+inline float sum(Floats v) {  // halves added in three steps: 8 -> 4 -> 2 -> 1
+  __m128 four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  four = _mm_add_ps(four, _mm_movehl_ps(four, four));
+  return _mm_cvtss_f32(_mm_add_ss(four, _mm_movehdup_ps(four)));
+}
+#else  // any other CPU: the compiler's own vectors, as wide as two SSE (or NEON) registers
+constexpr int64_t LANES = 8;
 typedef float Floats __attribute__((vector_size(4 * LANES)));
 typedef uint16_t Halves __attribute__((vector_size(2 * LANES)));
 typedef uint32_t Words __attribute__((vector_size(4 * LANES)));
-
-template <typename V, typename T>
-V load(const T* at) {  // LANES consecutive values, wherever they lie (no alignment asked)
-  V v;
-  std::memcpy(&v, at, sizeof v);
-  return v;
+inline Floats zeros() { return Floats{}; }
+inline Floats load(const float* at) { Floats v; std::memcpy(&v, at, sizeof v); return v; }
+inline Floats load(const uint16_t* at) {
+  Halves h;
+  std::memcpy(&h, at, sizeof h);
+  return (Floats)(__builtin_convertvector(h, Words) << 16);
 }
-
-float sum(Floats v) {  // the LANES lanes added up
-#ifdef __AVX512F__
-  return _mm512_reduce_add_ps((__m512)v);  // a tree of shuffles, not 15 dependent additions
-#else
-  float total = 0.0f;
-  for (int64_t k = 0; k < LANES; ++k) total += v[k];
-  return total;
+inline Floats fma(Floats a, Floats b, Floats c) { return a * b + c; }
+inline float sum(Floats v) {  // pairwise, as the vector versions add their halves
+  for (int64_t width = LANES / 2; width > 0; width /= 2)
+    for (int64_t k = 0; k < width; ++k) v[k] += v[k + width];
+  return v[0];
+}
 #endif
-}
-
-// Each float format turns LANES weights starting at w[i] into floats.
-struct Float32 {
-  const float* w;
-  Floats get(int64_t i) const { return load<Floats>(w + i); }
-  void prefetch(int64_t i) const { __builtin_prefetch(w + i); }
-};
-
-struct BFloat16 {  // bfloat16 is float32's top 16 bits: shifting them back up is the exact conversion
-  const uint16_t* w;
-  Floats get(int64_t i) const { return (Floats)(__builtin_convertvector(load<Halves>(w + i), Words) << 16); }
-  void prefetch(int64_t i) const { __builtin_prefetch(w + i); }
-};
 
 // Each thread takes a share of W's rows (the outputs o); each is read from memory once, then from
 // the L1 cache by x's rows four at a time and the 3, 2 or 1 left: times.rows<R>(r0, o), R a
@@ -81,43 +96,45 @@ void each_output(int64_t rows, int64_t out, const Times& times) {
   });
 }
 
-template <typename Weights>  // float32 or bfloat16 W times float32 x
+// `ahead`: where it is not 0, each weight is asked for that many elements before it is used (a
+// software prefetch). Whether that helps depends on the CPU: on an AVX-512 EPYC it lifted the
+// float32 step from 70-87% of a plain read's speed to 87-93%, on an AVX2 EPYC it cut it from
+// 102-107% to 78-96%. So both are candidates, timed on the machine (packed.py, kernels.py).
+template <typename Weight>  // float32 (float) or bfloat16 (uint16_t) W times float32 x
 struct FloatTimes {
   const float* x;
   int64_t in;
-  Weights w;
+  const Weight* w;
   int64_t out;
   const float* bias;
   float* y;
+  int64_t ahead;
 
   template <int R>
   void rows(int64_t r0, int64_t o) const {
-    Floats even[R] = {}, odd[R] = {};  // two per row: consecutive FMAs need not wait for each other
+    Floats even[R], odd[R];  // two per row: consecutive FMAs need not wait for each other
+    for (int r = 0; r < R; ++r) even[r] = odd[r] = zeros();
+    const Weight* row = w + o * in;
     for (int64_t start = 0; start < in; start += 2 * LANES) {
-      const Floats w0 = w.get(o * in + start), w1 = w.get(o * in + start + LANES);
-      w.prefetch(o * in + start + AHEAD);  // the 2 x 16 weights of a later pass: two lines of float32, one of bfloat16
-      w.prefetch(o * in + start + AHEAD + LANES);
+      const Floats w0 = load(row + start), w1 = load(row + start + LANES);
+      if (ahead) {  // a later pass's weights: 64 bytes, a cache line (two for float32 at 16 lanes)
+        __builtin_prefetch(row + start + ahead);
+        if (sizeof(Weight) * 2 * LANES > 64) __builtin_prefetch(row + start + ahead + 64 / sizeof(Weight));
+      }
       for (int r = 0; r < R; ++r) {
-        even[r] += w0 * load<Floats>(x + (r0 + r) * in + start);
-        odd[r] += w1 * load<Floats>(x + (r0 + r) * in + start + LANES);
+        even[r] = fma(w0, load(x + (r0 + r) * in + start), even[r]);
+        odd[r] = fma(w1, load(x + (r0 + r) * in + start + LANES), odd[r]);
       }
     }
-    for (int r = 0; r < R; ++r) y[(r0 + r) * out + o] = sum(even[r] + odd[r]) + (bias ? bias[o] : 0.0f);
+    for (int r = 0; r < R; ++r) y[(r0 + r) * out + o] = sum(even[r]) + sum(odd[r]) + (bias ? bias[o] : 0.0f);
   }
 };
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define MINIGPT_VNNI 1  // vpdpwssd: 32 products of 16-bit integers summed into 16 ints in one instruction
-#endif
-
 // x's rows as 16-bit integers, one scale per row: x ≈ q · s, s = max |x[row]| / 32767 in float32,
 // exactly as quantize_blocks(x, block=in, scales=torch.float32, bits=16) in rows.py. With W in int8
-// a block's 32 products are then integer products summed by one instruction, and the block costs
-// one convert and one multiply-add by W's scale (x's scale is applied once, at the end), where
-// widening each weight to float cost eight instructions a block: the weights stream from memory
-// instead of waiting on arithmetic. 16 bits, not 8 as llama.cpp's q8_0 activations: x is off by at
-// most 1/65534 of its row's largest, which left greedy tokens as float32 activations do, where 8
-// bits in blocks of 32 changed them on 11 more of 40 prompts of the model in the box (rows.py).
+// a block's 32 products are integer products summed exactly, and the block costs one convert and
+// one multiply-add by W's scale (x's scale is applied once, at the end): the weights stream from
+// memory instead of waiting on arithmetic (docs/fast.md has the figures).
 struct QuantizedRows {
   int64_t in;
   std::vector<int16_t> q;  // (rows in)
@@ -136,12 +153,71 @@ struct QuantizedRows {
   }
 };
 
+// One int8 block of W (32 weights) times the same block of R rows of x (16-bit integers, rows `in`
+// apart), added to total[r] scaled by the block's scale. The block's 32 products are summed exactly
+// in integer lanes, then turned into floats: at most 4 products of 127 · 32767 a lane, below 2^24.
+#if defined(__AVX512BW__)
+using Wide = __m512;  // 16 float lanes
+constexpr int64_t SCALES = 16;
+inline Wide wide_zeros() { return _mm512_setzero_ps(); }
+inline void widen_scales(const at::Half* s, int64_t n, float* out) {
+  _mm512_storeu_ps(out, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((1u << n) - 1, s)));
+}
+inline float wide_sum(Wide a, Wide b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
+template <int R>
+inline void block_times(const int8_t* w8, const int16_t* x16, int64_t in, float s, Wide* total) {
+  // 32 weights widened to 16 bits, times 32 of x's, pairs summed into 16 ints: one vpdpwssd with
+  // VNNI, one vpmaddwd without (the same sums)
+  const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w8)));
+  const __m512 scale = _mm512_set1_ps(s);
+  for (int r = 0; r < R; ++r) {
+    const __m512i xs = _mm512_loadu_si512(x16 + r * in);
+#if defined(__AVX512VNNI__)
+    const __m512i sums = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, xs);
+#else
+    const __m512i sums = _mm512_madd_epi16(w, xs);
+#endif
+    total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, total[r]);
+  }
+}
+#elif defined(__AVX2__) && defined(__F16C__)
+using Wide = __m256;  // 8 float lanes
+constexpr int64_t SCALES = 8;
+inline Wide wide_zeros() { return _mm256_setzero_ps(); }
+inline void widen_scales(const at::Half* s, int64_t n, float* out) {
+  __m128i halves;
+  if (n == 8) {
+    halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  } else {  // a row's last few blocks: no reading past its scales
+    alignas(16) uint16_t part[8] = {};
+    std::memcpy(part, s, n * sizeof(uint16_t));
+    halves = _mm_load_si128(reinterpret_cast<const __m128i*>(part));
+  }
+  _mm256_storeu_ps(out, _mm256_cvtph_ps(halves));
+}
+inline float wide_sum(Wide a, Wide b) { return sum(_mm256_add_ps(a, b)); }
+template <int R>
+inline void block_times(const int8_t* w8, const int16_t* x16, int64_t in, float s, Wide* total) {
+  // 32 weights widened to 16 bits in two halves of 16, each times 16 of x's by vpmaddwd (pairs
+  // summed into 8 ints), the halves added: 8 ints of 4 products each
+  const __m256i low = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w8)));  // a load and a widening in one
+  const __m256i high = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w8 + 16)));
+  const __m256 scale = _mm256_set1_ps(s);
+  for (int r = 0; r < R; ++r) {
+    const __m256i* xs = reinterpret_cast<const __m256i*>(x16 + r * in);
+    const __m256i sums = _mm256_add_epi32(_mm256_madd_epi16(low, _mm256_loadu_si256(xs)),
+                                          _mm256_madd_epi16(high, _mm256_loadu_si256(xs + 1)));
+    total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, total[r]);
+  }
+}
+#endif
+
 // int8 W in blocks of 32, W[o][k] = q[o][k] · s[o][k / 32] (s float16, 2 bytes a block, as q8_0's),
 // times x's rows as above: y[o] = s_x · Σ_b s_W[o][b] Σ_k q_W q_x, each block's inner sum exact.
 struct Int8Times {
   const QuantizedRows& x;
   const int8_t* q;
-  const c10::Half* s;
+  const at::Half* s;
   int64_t out;
   const float* bias;
   float* y;
@@ -150,31 +226,23 @@ struct Int8Times {
   void rows(int64_t r0, int64_t o) const {
     const int64_t in = x.in, blocks = in / BLOCK;
     const int8_t* wq = q + o * in;
-    const c10::Half* ws = s + o * blocks;
+    const at::Half* ws = s + o * blocks;
     const int16_t* xq = x.q.data() + r0 * in;
-#ifdef MINIGPT_VNNI
-    __m512 even[R], odd[R];  // two per row: consecutive FMAs need not wait for each other
-    for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
-    const auto block = [&](__m512* total, int64_t b, __m512 scale) {  // W's block b times each x row's block b
-      const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * BLOCK)));
-      for (int r = 0; r < R; ++r) {
-        const __m512i sums = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(xq + r * in + b * BLOCK));
-        total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, total[r]);
-      }
-    };
-    float scales[16];  // W's float16 scales, 16 blocks' at a time in float32
-    for (int64_t b0 = 0; b0 < blocks; b0 += 16) {
-      const int64_t n = std::min<int64_t>(16, blocks - b0);
-      _mm512_storeu_ps(scales, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((1u << n) - 1, ws + b0)));
+#if defined(__AVX512BW__) || (defined(__AVX2__) && defined(__F16C__))
+    Wide even[R], odd[R];  // two per row, for even and odd blocks: consecutive FMAs need not wait for each other
+    for (int r = 0; r < R; ++r) even[r] = odd[r] = wide_zeros();
+    float scales[SCALES];  // W's float16 scales, SCALES blocks' at a time in float32
+    for (int64_t b0 = 0; b0 < blocks; b0 += SCALES) {
+      const int64_t n = std::min<int64_t>(SCALES, blocks - b0);
+      widen_scales(ws + b0, n, scales);
       int64_t j = 0;
       for (; j + 2 <= n; j += 2) {
-        block(even, b0 + j, _mm512_set1_ps(scales[j]));
-        block(odd, b0 + j + 1, _mm512_set1_ps(scales[j + 1]));
+        block_times<R>(wq + (b0 + j) * BLOCK, xq + (b0 + j) * BLOCK, in, scales[j], even);
+        block_times<R>(wq + (b0 + j + 1) * BLOCK, xq + (b0 + j + 1) * BLOCK, in, scales[j + 1], odd);
       }
-      if (j < n) block(even, b0 + j, _mm512_set1_ps(scales[j]));
+      if (j < n) block_times<R>(wq + (b0 + j) * BLOCK, xq + (b0 + j) * BLOCK, in, scales[j], even);
     }
-    for (int r = 0; r < R; ++r)
-      y[(r0 + r) * out + o] = x.s[r0 + r] * _mm512_reduce_add_ps(even[r] + odd[r]) + (bias ? bias[o] : 0.0f);
+    for (int r = 0; r < R; ++r) y[(r0 + r) * out + o] = x.s[r0 + r] * wide_sum(even[r], odd[r]) + (bias ? bias[o] : 0.0f);
 #else
     for (int r = 0; r < R; ++r) {
       float total = 0.0f;
@@ -189,27 +257,27 @@ struct Int8Times {
   }
 };
 
-torch::Tensor product(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& scales,
-                      const torch::Tensor& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be (rows in) float32");
+at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& bias, int64_t ahead) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be (rows in) float32");
   const int64_t rows = x.size(0), in = x.size(1), out = weight.size(0);
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == in && weight.is_contiguous(), "W must be (out in)");
   TORCH_CHECK(in % BLOCK == 0, "in must be a multiple of 32");
-  auto y = torch::empty({rows, out}, x.options());
-  const float *X = x.data_ptr<float>(), *b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  auto y = at::empty({rows, out}, x.options());
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* Y = y.data_ptr<float>();
   switch (weight.scalar_type()) {
-    case torch::kFloat:
-      each_output(rows, out, FloatTimes<Float32>{X, in, {weight.data_ptr<float>()}, out, b, Y});
+    case at::kFloat:
+      each_output(rows, out, FloatTimes<float>{x.data_ptr<float>(), in, weight.data_ptr<float>(), out, b, Y, ahead});
       break;
-    case torch::kBFloat16:
-      each_output(rows, out, FloatTimes<BFloat16>{X, in, {reinterpret_cast<const uint16_t*>(weight.data_ptr())}, out, b, Y});
+    case at::kBFloat16:
+      each_output(rows, out, FloatTimes<uint16_t>{x.data_ptr<float>(), in, reinterpret_cast<const uint16_t*>(weight.data_ptr()), out, b, Y,
+                                                  ahead});
       break;
-    case torch::kChar: {
-      TORCH_CHECK(scales.scalar_type() == torch::kHalf && scales.size(0) == out && scales.size(1) == in / BLOCK,
+    case at::kChar: {
+      TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.size(0) == out && scales.size(1) == in / BLOCK,
                   "scales must be (out in/32) float16");
-      const QuantizedRows quantized(X, rows, in);
-      each_output(rows, out, Int8Times{quantized, weight.data_ptr<int8_t>(), scales.data_ptr<c10::Half>(), out, b, Y});
+      const QuantizedRows quantized(x.data_ptr<float>(), rows, in);
+      each_output(rows, out, Int8Times{quantized, weight.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), out, b, Y});
       break;
     }
     default:
@@ -236,8 +304,8 @@ void layer_norm(const float* x, float* y, int64_t rows, int64_t e, const float* 
 
 float dot(const float* a, const float* b, int64_t n) {  // n a multiple of LANES, or any n the slow way
   if (n % LANES == 0) {
-    Floats total = {};
-    for (int64_t i = 0; i < n; i += LANES) total += load<Floats>(a + i) * load<Floats>(b + i);
+    Floats total = zeros();
+    for (int64_t i = 0; i < n; i += LANES) total = fma(load(a + i), load(b + i), total);
     return sum(total);
   }
   float total = 0.0f;
@@ -249,21 +317,15 @@ float dot(const float* a, const float* b, int64_t n) {  // n a multiple of LANES
 // through PyTorch's dispatcher as from Python. `kernel` names it, with what it reads:
 // - a tensor, W in oneDNN's layout, and `bias` in W's dtype (or None): oneDNN, on x rounded to W's
 //   dtype, the result widened back (as PackedLinear's oneDNN route does);
-// - fbgemm's prepacked int8 weight and bias (an object, `bias` None): fbgemm (Int8Linear's route);
-// - None: rows.cpp on W as stored (w: weight, int8 scales, bias).
-torch::Tensor linear(const torch::Tensor& x, at::TensorList w, const c10::IValue& kernel, const c10::IValue& bias) {
-  if (kernel.isNone()) return product(x, w[0], w[1], w[2]);
-  if (kernel.isTensor()) {
-    static const auto onednn = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
-    torch::jit::Stack stack{x.to(kernel.toTensor().scalar_type()), kernel, bias, "none",
-                            c10::List<std::optional<at::Scalar>>(), c10::IValue()};
-    onednn.callBoxed(&stack);
-    return stack[0].toTensor().to(torch::kFloat);
-  }
-  static const auto fbgemm = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::linear_dynamic", "");
-  torch::jit::Stack stack{x, kernel, false};  // reduce_range false, as Int8Linear calls it
-  fbgemm.callBoxed(&stack);
-  return stack[0].toTensor();
+// - None: rows.cpp on W as stored (w: weight, int8 scales, bias); an integer: the same, with
+//   weights asked for that many elements ahead (`ahead` above).
+at::Tensor linear(const at::Tensor& x, at::TensorList w, const c10::IValue& kernel, const c10::IValue& bias) {
+  if (kernel.isNone() || kernel.isInt()) return product(x, w[0], w[1], w[2], kernel.isInt() ? kernel.toInt() : 0);
+  static const auto onednn = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  std::vector<c10::IValue> stack{x.to(kernel.toTensor().scalar_type()), kernel, bias, "none",
+                                 c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  onednn.callBoxed(&stack);
+  return stack[0].toTensor().to(at::kFloat);
 }
 
 // One block of the step: x (rows e) is updated in place, x += attn(ln_1(x)), x += mlp(ln_2(x)).
@@ -272,15 +334,15 @@ torch::Tensor linear(const torch::Tensor& x, at::TensorList w, const c10::IValue
 // kernels: per matrix, in the same order, its kernel and bias as `linear` takes them.
 // keys, values (rows h s d): the layer's cache, written at `slot`; real (rows s): which slots the
 // query may see (with slot itself, the new token, always).
-void block(torch::Tensor& x, at::TensorList w, c10::ArrayRef<c10::IValue> kernels, const torch::Tensor& keys, const torch::Tensor& values,
-           const torch::Tensor& real, int64_t slot, int64_t n_head, float eps) {
+void block(at::Tensor& x, at::TensorList w, c10::ArrayRef<c10::IValue> kernels, const at::Tensor& keys, const at::Tensor& values,
+           const at::Tensor& real, int64_t slot, int64_t n_head, float eps) {
   const int64_t rows = x.size(0), e = x.size(1), d = e / n_head, slots = keys.size(2);
-  auto h = torch::empty_like(x);
+  auto h = at::empty_like(x);
   layer_norm(x.data_ptr<float>(), h.data_ptr<float>(), rows, e, w[0].data_ptr<float>(), w[1].data_ptr<float>(), eps);
   auto qkv = linear(h, w.slice(2, 3), kernels[0], kernels[1]);  // (rows (three h d))
   float *K = keys.data_ptr<float>(), *V = values.data_ptr<float>(), *QKV = qkv.data_ptr<float>();
   const bool* seen = real.data_ptr<bool>();
-  auto z = torch::empty_like(x);  // (rows (h d)): each head's weighted sum of the values
+  auto z = at::empty_like(x);  // (rows (h d)): each head's weighted sum of the values
   float* Z = z.data_ptr<float>();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   at::parallel_for(0, rows * n_head, 1, [&](int64_t begin, int64_t end) {
@@ -318,16 +380,16 @@ void block(torch::Tensor& x, at::TensorList w, c10::ArrayRef<c10::IValue> kernel
 
 // tokens (rows) -> the final hidden state (rows e), after ln_f: embeddings, every block, ln_f, with
 // each layer's key and value written at `slot`. real (rows s) already marks slot as real.
-torch::Tensor decode_step(const torch::Tensor& tokens, const torch::Tensor& wte, const torch::Tensor& wpe,
-                          at::TensorList weights, const c10::List<c10::IValue>& kernels, at::TensorList keys, at::TensorList values,
-                          const torch::Tensor& real, const torch::Tensor& slot_tensor, const torch::Tensor& ln_f_weight,
-                          const torch::Tensor& ln_f_bias, int64_t n_head, double eps) {
+at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& wte, const at::Tensor& wpe, at::TensorList weights,
+                       const c10::List<c10::IValue>& kernels, at::TensorList keys, at::TensorList values, const at::Tensor& real,
+                       const at::Tensor& slot_tensor, const at::Tensor& ln_f_weight, const at::Tensor& ln_f_bias, int64_t n_head,
+                       double eps) {
   const int64_t rows = tokens.size(0), e = wte.size(1), slot = slot_tensor.item<int64_t>(), layers = keys.size();
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == 16 * layers, "16 weight tensors a layer");
   TORCH_CHECK(static_cast<int64_t>(kernels.size()) == 8 * layers, "8 kernel entries a layer");
   TORCH_CHECK(real.is_contiguous() && real.size(1) > slot, "real must be (rows s), slot < s");
   const std::vector<c10::IValue> each = kernels.vec();
-  auto x = torch::empty({rows, e}, wte.options());
+  auto x = at::empty({rows, e}, wte.options());
   const int64_t* ids = tokens.data_ptr<int64_t>();
   const bool* seen = real.data_ptr<bool>();
   for (int64_t r = 0; r < rows; ++r) {  // position: the real tokens before this one in its row
@@ -340,7 +402,7 @@ torch::Tensor decode_step(const torch::Tensor& tokens, const torch::Tensor& wte,
   for (int64_t l = 0; l < layers; ++l)
     block(x, weights.slice(16 * l, 16), c10::ArrayRef<c10::IValue>(each).slice(8 * l, 8), keys[l], values[l], real, slot, n_head,
           static_cast<float>(eps));
-  auto out = torch::empty_like(x);
+  auto out = at::empty_like(x);
   layer_norm(x.data_ptr<float>(), out.data_ptr<float>(), rows, e, ln_f_weight.data_ptr<float>(),
              ln_f_bias.data_ptr<float>(), static_cast<float>(eps));
   return out;
@@ -348,15 +410,19 @@ torch::Tensor decode_step(const torch::Tensor& tokens, const torch::Tensor& wte,
 
 }  // namespace
 
-// Operators of PyTorch's own (torch.ops.minigpt.rows_product, .decode_step), not Python functions: the
-// profiler sees it and torch.compile can call it from a graph (rows.py gives its shape rule).
-TORCH_LIBRARY(minigpt, m) {
-  m.def("rows_product(Tensor x, Tensor weight, Tensor scales, Tensor bias) -> Tensor");
+// Operators of PyTorch's own (torch.ops.minigpt_<level>.rows_product, .decode_step), not Python
+// functions: the profiler sees them and torch.compile can call them from a graph (rows.py gives their
+// shape rules). The namespace is the build's level, so that every level can be loaded at once.
+#define MINIGPT_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define MINIGPT_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+
+MINIGPT_LIBRARY(MINIGPT_OPS, m) {
+  m.def("rows_product(Tensor x, Tensor weight, Tensor scales, Tensor bias, int ahead) -> Tensor");
   m.def("decode_step(Tensor tokens, Tensor wte, Tensor wpe, Tensor[] weights, Any[] kernels, Tensor(a!)[] keys, Tensor(b!)[] values, "
         "Tensor real, Tensor slot, Tensor ln_f_weight, Tensor ln_f_bias, int n_head, float eps) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(minigpt, CPU, m) {
+MINIGPT_LIBRARY_IMPL(MINIGPT_OPS, CPU, m) {
   m.impl("rows_product", &product);
   m.impl("decode_step", &decode_step);
 }

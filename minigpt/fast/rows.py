@@ -4,70 +4,63 @@ A step at batch 1 multiplies one row by every weight matrix, so its time is the 
 the weights from memory, and what matters is how close a kernel comes to the bandwidth.
 `rows.cpp` does only that: each thread takes a share of W's rows, reads each row once and
 multiplies it, while it sits in the L1 cache, by the one or two rows of x. It reads the weights
-as stored, so it can read formats the libraries cannot:
+as stored: float32, bfloat16 (half the bytes), and int8 in blocks of 32 along a row with a
+float16 scale each (llama.cpp's q8_0 layout: 8.5 bits a weight), multiplied by the activations
+rounded to 16-bit integers, one scale per row. docs/fast.md has the measurements behind each choice.
 
-- float32;
-- bfloat16: half the bytes; the activations are not rounded to bfloat16, as oneDNN's bfloat16
-  product rounds them;
-- int8 in blocks of 32 along a row, a float16 scale each (llama.cpp's q8_0 and gpt-fast's
-  groupwise layout: 8.5 bits a weight). The activations are rounded once a call to 16-bit
-  integers with one scale per row (off by at most 1/65534 of the row's largest: greedy tokens
-  of the model in the box stayed exactly as with float32 activations), so that a block's 32
-  products are one integer instruction (AVX-512 VNNI's vpdpwssd) and the block costs one convert
-  and one multiply-add by its scale. Widening every weight to float32 instead took eight
-  instructions a block and left the step compute-bound: on 2 EPYC cores the 124M shape's int8
-  step went from 74% to 92% of the time to read its bytes. fbgemm's int8 product rounds the
-  activations to 8 bits with one scale per call, q8_0 to 8 bits per block of 32 (emulated on the
-  model in the box: 24 of 40 prompts' greedy tokens all equal to float32's, against 35 with
-  16 bits).
-
-Measured on 2 EPYC cores over the 124M shape's 49 matrices taken in a step's order (together
-many times the caches, as in a real step), milliseconds for one row (one run, taking turns):
-
-    float32: oneDNN 14.75, rows.cpp 12.96    (reading the same bytes by a plain sum: 11.65)
-    bfloat16: oneDNN 7.37, rows.cpp 6.15     int8: fbgemm (per row) 4.07, rows.cpp (per block, float32 scales) 3.68
-
-No PyTorch kernel reads int8 blocks at that speed: its weight-only
-`_weight_int8pack_mm` took 878 µs for one 768 x 3072 matrix (fbgemm 33 µs), Inductor's
-weight-only template compiled the whole step to 12.6 ms. At 4 rows rows.cpp was already slower
-there (float32 11.67 against oneDNN's 10.68; int8 6.01 against fbgemm's 4.15) and at 8 rows twice
-as slow: the libraries' blocked kernels reuse each loaded weight across rows better. Where the
-crossing lies depends on the CPU, so the fast modules (packed.py, int8.py) time rows.cpp against
-the libraries on the machine and give each row count to the faster (kernels.py).
-
-rows.cpp also holds `decode_step`: a GPT-2's whole decoding step for the same few rows, in one
-call (fused.py).
-
-The kernel is compiled on first use, for this machine (-march=native; about 20 s, then cached
-by PyTorch in ~/.cache/torch_extensions); where it cannot be built, every product goes to the
-libraries.
+rows.cpp is compiled on first use for this CPU's instruction-set level (cpu.py: AVX-512 with or
+without VNNI, AVX2 + FMA, or the generic x86-64-v2 code; about 30 s, then cached by PyTorch in
+~/.cache/torch_extensions), each level a build of its own with operators of its own
+(`torch.ops.minigpt_avx2.rows_product`), so that the tests can run every level this CPU has
+side by side. Where it cannot be built, every product goes to the libraries.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import platform
 import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu
+from .cpu import LEVELS
+
 BLOCK = 32  # weights per int8 scale, and what a row's width must be a multiple of
+# How far ahead of its use the prefetching float kernel asks for a weight, in elements: 2 KB of
+# float32, about what one core must have in flight to stream at 10-20 GB/s against ~100 ns of
+# memory latency, whatever the CPU (1024 and 2048 measured within a few points of it).
+PREFETCH = 512
+MARCH = {"generic": ["-march=x86-64-v2"], "avx2": ["-march=x86-64-v3"], "avx512": ["-march=x86-64-v4"],
+         "avx512_vnni": ["-march=x86-64-v4", "-mavx512vnni"]}  # gcc's names for each level (x86 only)
+
+
+def built(level: str | None = None) -> bool:
+    """Whether rows.cpp is compiled and loaded for `level` (cpu.LEVELS, up to this CPU's, which is
+    the default; the first call builds it); where it cannot be built (no compiler), False, said
+    once as a warning."""
+    runs = LEVELS[:LEVELS.index(cpu.capabilities().level) + 1]
+    if level is not None and level not in runs:
+        raise ValueError(f"rows.cpp level must be one this CPU runs, one of {', '.join(runs)}; got {level!r}")
+    return build(level or cpu.capabilities().level)
 
 
 @functools.cache
-def built() -> bool:
-    """Whether rows.cpp is compiled and loaded (the first call builds it); where it cannot be
-    built (no compiler), False, said once as a warning."""
+def build(level: str) -> bool:
     import ninja
     from torch.utils import cpp_extension
 
+    flags = MARCH[level] if platform.machine().lower() in ("x86_64", "amd64") else []
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])  # cpp_extension runs `ninja`; a venv's bin is on
     try:                                                         # PATH only when the venv is activated
-        cpp_extension.load("minigpt_rows", [str(Path(__file__).with_name("rows.cpp"))], is_python_module=False,
-                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        cpp_extension.load(f"minigpt_rows_{level}", [str(Path(__file__).with_name("rows.cpp"))], is_python_module=False,
+                           extra_cflags=["-O3", *flags, f"-DMINIGPT_OPS=minigpt_{level}", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"])
     except Exception as err:  # the build's failure has many shapes (no compiler, no ninja, a linker error)
         warnings.warn(f"minigpt's decoding kernel could not be built ({str(err).strip().splitlines()[-1]}); "
                       "decoding steps use the libraries' products instead", stacklevel=2)
@@ -75,15 +68,23 @@ def built() -> bool:
     finally:
         os.environ["PATH"] = path
 
-    @torch.library.register_fake("minigpt::rows_product")
-    def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor) -> Tensor:  # the shape rule torch.compile traces with
+    @torch.library.register_fake(f"minigpt_{level}::rows_product")
+    def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor, ahead: int) -> Tensor:  # the shape rule torch.compile traces with
         return x.new_empty(x.shape[0], weight.shape[0])
 
-    @torch.library.register_fake("minigpt::decode_step")
+    @torch.library.register_fake(f"minigpt_{level}::decode_step")
     def _(tokens: Tensor, wte: Tensor, *rest) -> Tensor:
         return wte.new_empty(tokens.shape[0], wte.shape[1])
 
     return True
+
+
+def ops(level: str | None = None):
+    """The operators of rows.cpp's build for `level` (this CPU's by default), built if need be."""
+    level = level or cpu.capabilities().level
+    if not built(level):
+        raise RuntimeError(f"rows.cpp could not be built for {level}")
+    return getattr(torch.ops, f"minigpt_{level}")
 
 
 def fits(weight: Tensor) -> bool:
@@ -92,12 +93,17 @@ def fits(weight: Tensor) -> bool:
     return weight.device.type == "cpu" and weight.shape[1] % BLOCK == 0 and built()
 
 
-def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> Tensor:
-    """x (... in) float32 -> x Wᵀ + b (... out) float32. weight (out in): float32, bfloat16, or
-    int8 with float16 scales (out in/32), W = weight · scale of its block. Check `fits` first."""
+def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None, *, level: str | None = None,
+                 ahead: int = 0) -> Tensor:
+    """x (... in) float32 -> x Wᵀ + b (... out) float32, as `format_product` computes it. weight
+    (out in): float32, bfloat16, or int8 with float16 scales (out in/32), W = weight · scale of its
+    block (x then rounded to 16-bit integers, one scale per row). `level`: the build to run (cpu.LEVELS, up to
+    this CPU's, which is the default). `ahead`: float32 or bfloat16 weights asked for that many
+    elements before their use (a software prefetch: rows.cpp says when it helps), 0 for none; int8
+    reads none ahead. Check `fits` first."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows in)
     empty = rows.new_empty(0)
-    out = torch.ops.minigpt.rows_product(rows, weight, empty if scales is None else scales, empty if bias is None else bias)
+    out = ops(level).rows_product(rows, weight, empty if scales is None else scales, empty if bias is None else bias, ahead)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -117,3 +123,25 @@ def quantize_blocks(weight: Tensor, block: int = BLOCK, scales: torch.dtype = to
     scale = (blocks.abs().amax(dim=-1) / top).to(scales).clamp(min=tiny)
     q = (blocks / scale.float()[..., None]).round().clamp(-top, top).to(dtype)
     return q.view(w.shape), scale
+
+
+def widened(weight: Tensor, scales: Tensor | None) -> Tensor:
+    """The (out in) weight as the float32 numbers it stands for: int8 blocks times their scales."""
+    if scales is None:
+        return weight.float()
+    block = weight.shape[1] // scales.shape[1]
+    return (weight.float().view(weight.shape[0], -1, block) * scales.float()[..., None]).view(weight.shape)
+
+
+def format_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> Tensor:
+    """x (... in) float32 -> x Wᵀ + b (... out) float32 as the weight's format defines it, which
+    every kernel of the format computes (summing in its own order), by PyTorch in float32:
+    - float32 and bfloat16: x as it is, times W (exact in float32), summed in float32. oneDNN's
+      bfloat16 product rounds x and the result to bfloat16 as well, which cost the model in the box
+      4 to 10 of 40 prompts' greedy tokens (docs/fast.md): it is not a kernel of this format;
+    - int8 (blocks with their scales): x rounded to 16-bit integers with one scale per row, as
+      rows.cpp rounds it, times the blocks widened, plus b."""
+    if weight.dtype == torch.int8:
+        q, s = quantize_blocks(x.reshape(-1, x.shape[-1]), block=x.shape[-1], scales=torch.float32, bits=16)
+        x = (q.float() * s).view(x.shape)
+    return F.linear(x, widened(weight, scales), bias)
