@@ -32,6 +32,7 @@ NEEDS = {  # the CPU flags each level's build uses (gcc's -march=x86-64-v3 and -
     "avx512_vnni": {"avx512_vnni"},
 }
 TORCH_LEVELS = {"DEFAULT": "generic", "AVX2": "avx2", "AVX512": "avx512_vnni"}  # the highest of ours each allows
+X86 = platform.machine().lower() in ("x86_64", "amd64")  # gcc's -march levels name x86-64 CPUs only
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,10 @@ class Capabilities:
 @functools.cache
 def capabilities() -> Capabilities:
     """This CPU's, as the module docstring says (asked once a process)."""
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
     flags = set(cpu_flags())
     level = "generic"
     for candidate in LEVELS[1:]:
-        if not (x86 and NEEDS[candidate] <= flags):
+        if not (X86 and NEEDS[candidate] <= flags):
             break
         level = candidate
     allowed = TORCH_LEVELS.get(torch.backends.cpu.get_cpu_capability(), "generic")

@@ -98,12 +98,12 @@ def layer_tensors(block: TransformerBlock) -> list[Tensor]:
 def step_kernels(block: TransformerBlock, rows: int) -> list:
     """What decode_step's `kernels` holds for one block at `rows` rows: per matrix (c_attn,
     attn.c_proj, c_fc, mlp.c_proj), where its routes give that many rows to oneDNN, the weight and
-    bias its oneDNN route passes (packed_routes); to rows.cpp with a prefetch, its distance and
+    bias it passes oneDNN (packed_routes); to rows.cpp with a prefetch, its distance and
     None; else None, None (rows.cpp)."""
     entries = []
     for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
         name = linear.routes.name_for(rows)
-        entries += ([linear.packed, linear.packed_bias] if name == "oneDNN" else
+        entries += ([linear.packed, linear.bias] if name == "oneDNN" else
                     [PREFETCH, None] if name == "rows.cpp+prefetch" else [None, None])
     return entries
 

@@ -99,10 +99,11 @@ def choose(model: torch.nn.Module, *, verbose: bool = False) -> dict[str, dict[i
     routes = routes_of(model)
     if not routes:
         return {}
-    missing = [r for r in routes if len(r.kernels) > 1]
-    timed = cached(sorted({entry_key(r) for r in missing}), lambda keys: measure([r for r in missing if entry_key(r) in keys]),
-                   f"{', '.join(sorted({n for r in missing for n in r.kernels}))} for {{}} kinds of matrix at {len(ROWS)} "
-                   "row counts", verbose)
+    choosable = [r for r in routes if len(r.kernels) > 1]
+    timed = cached(sorted({entry_key(r) for r in choosable}),
+                   lambda keys: measure([r for r in choosable if entry_key(r) in keys]),
+                   f"{', '.join(sorted({n for r in choosable for n in r.kernels}))} for {{}} kinds of matrix at "
+                   f"{len(ROWS)} row counts", verbose)
     choices = {}
     for r in routes:
         if len(r.kernels) > 1:

@@ -42,9 +42,10 @@ def pack_for_cpu(model: GPT, weights: torch.dtype | None = None, *, verbose: boo
     """Swap every nn.Linear for a PackedLinear and the token embedding for a PackedTokenEmbedding,
     in place; the model is put in eval mode with its parameters frozen. Returns the model.
     weights: the weights' dtype, float32 or bfloat16, the model's own by default. bfloat16 weights
-    in a float32 model keep every activation float32. Which kernel takes how many rows is timed on first use on this machine (kernels.py;
-    `verbose` says so). float32 weights are packed into oneDNN's layout where PyTorch has oneDNN;
-    bfloat16 weights stay as stored, for rows.cpp and PyTorch's product."""
+    in a float32 model keep every activation float32. Which kernel takes how many rows is timed
+    on first use on this machine (kernels.py; `verbose` says so). float32 weights are packed into
+    oneDNN's layout where PyTorch has oneDNN; bfloat16 weights stay as stored, for rows.cpp and
+    PyTorch's product."""
     if not isinstance(model, GPT):
         raise ValueError(f"pack_for_cpu packs a minigpt GPT, got {type(model).__name__}")
     if model.device.type != "cpu" or model.dtype not in PACKABLE:
@@ -72,11 +73,11 @@ def check_input(x: Tensor, weights: torch.dtype) -> None:
         raise ValueError("packed weights are for inference: no gradient flows through them; use the unpacked model")
 
 
-def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor | None, Tensor | None]:
+def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor | None]:
     """The kernels this CPU runs that multiply float32 rows by this (out in) weight, each
-    computing the format's numbers (rows.format_product), with float32 weights' oneDNN layout and
-    bias, as oneDNN takes them (the fused step calls oneDNN with both; None for bfloat16 or
-    without oneDNN): oneDNN on the blocked layout, rows.cpp on the weight as stored where it fits,
+    computing the format's numbers (rows.format_product), with float32 weights' oneDNN layout (the
+    fused step calls oneDNN with it and the bias; None for bfloat16 or without oneDNN): oneDNN on
+    the blocked layout, rows.cpp on the weight as stored where it fits,
     and PyTorch's F.linear (MKL or oneDNN, as PyTorch dispatches) on float32 weights, or on the
     bfloat16 weights widened to float32 at each call."""
     kernels = {}
@@ -97,7 +98,7 @@ def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor |
         kernels["widened"] = lambda x: format_product(x, weight, None, bias)
     name = str(weight.dtype).removeprefix("torch.")
     default = "oneDNN" if "oneDNN" in kernels else "ATen" if "ATen" in kernels else "widened"
-    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default=default), packed, None if packed is None else bias
+    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default=default), packed
 
 
 def routed(routes: Routes, x: Tensor, weights: torch.dtype) -> Tensor:
@@ -116,7 +117,7 @@ class PackedLinear(nn.Module):
         # Plain attributes, not buffers: .to() must not try to convert a oneDNN tensor.
         self.weight = linear.weight.detach().to(weights or linear.weight.dtype)  # (out in), as stored
         self.bias = None if linear.bias is None else linear.bias.detach()
-        self.routes, self.packed, self.packed_bias = packed_routes(self.weight, self.bias)
+        self.routes, self.packed = packed_routes(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (... in) -> (... out)
         return routed(self.routes, x, self.weight.dtype)
@@ -132,7 +133,7 @@ class PackedTokenEmbedding(TokenEmbedding):
     def __init__(self, embedding: TokenEmbedding, weights: torch.dtype | None = None):
         super().__init__(embedding.num_embeddings, embedding.embedding_dim, _weight=embedding.weight.detach(), _freeze=True)
         self.head = self.weight.detach().to(weights or self.weight.dtype)  # the table itself where the dtypes agree
-        self.routes, self.packed, _ = packed_routes(self.head, None)
+        self.routes, self.packed = packed_routes(self.head, None)
 
     def unembed(self, x: Tensor) -> Tensor:  # (b t e) -> (b t v)
         return routed(self.routes, x, self.head.dtype)

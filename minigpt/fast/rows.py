@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import warnings
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def build(level: str) -> bool:
     import ninja
     from torch.utils import cpp_extension
 
-    flags = MARCH[level] if platform.machine().lower() in ("x86_64", "amd64") else []
+    flags = MARCH[level] if cpu.X86 else []
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])  # cpp_extension runs `ninja`; a venv's bin is on
     try:                                                         # PATH only when the venv is activated
@@ -69,7 +68,7 @@ def build(level: str) -> bool:
         os.environ["PATH"] = path
 
     @torch.library.register_fake(f"minigpt_{level}::rows_product")
-    def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor, ahead: int) -> Tensor:  # the shape rule torch.compile traces with
+    def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor, ahead: int) -> Tensor:  # the shape rule for torch.compile
         return x.new_empty(x.shape[0], weight.shape[0])
 
     @torch.library.register_fake(f"minigpt_{level}::decode_step")
@@ -81,7 +80,12 @@ def build(level: str) -> bool:
 
 def ops(level: str | None = None):
     """The operators of rows.cpp's build for `level` (this CPU's by default), built if need be."""
-    level = level or cpu.capabilities().level
+    return level_ops(level or cpu.capabilities().level)
+
+
+@functools.cache
+def level_ops(level: str):
+    """ops for one level, looked up once: every product and every fused step asks."""
     if not built(level):
         raise RuntimeError(f"rows.cpp could not be built for {level}")
     return getattr(torch.ops, f"minigpt_{level}")
@@ -97,10 +101,10 @@ def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor 
                  ahead: int = 0) -> Tensor:
     """x (... in) float32 -> x Wᵀ + b (... out) float32, as `format_product` computes it. weight
     (out in): float32, bfloat16, or int8 with float16 scales (out in/32), W = weight · scale of its
-    block (x then rounded to 16-bit integers, one scale per row). `level`: the build to run (cpu.LEVELS, up to
-    this CPU's, which is the default). `ahead`: float32 or bfloat16 weights asked for that many
-    elements before their use (a software prefetch: rows.cpp says when it helps), 0 for none; int8
-    reads none ahead. Check `fits` first."""
+    block (x then rounded to 16-bit integers, one scale per row). `level`: the build to run
+    (cpu.LEVELS, up to this CPU's, which is the default). `ahead`: float32 or bfloat16 weights
+    asked for that many elements before their use (a software prefetch: rows.cpp says when it
+    helps), 0 for none; int8 reads none ahead. Check `fits` first."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows in)
     empty = rows.new_empty(0)
     out = ops(level).rows_product(rows, weight, empty if scales is None else scales, empty if bias is None else bias, ahead)
