@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .checks import check_finite_tensor, check_fits_in_memory, check_mask, check_token_ids
+from .checks import ContractError, check_finite_tensor, check_fits_in_memory, check_mask, check_token_ids
 from .config import GPTConfig
 from .kv_cache import KVCache
 
@@ -30,6 +30,16 @@ def check_construction(config: object, make_block: object) -> None:
     if default.type != "meta":  # on meta nothing is allocated: a loader builds there first
         check_fits_in_memory(config.parameter_count * torch.get_default_dtype().itemsize,
                              f"GPT({config.parameter_count:,} parameters)", default)
+
+
+def check_block_output(layer: int, x: Tensor, out: object) -> Tensor:
+    """A block (passed in: `make_block`) returns the residual stream as it came in, (b t e): one
+    tensor of x's shape and dtype. Shapes only, so it costs nothing beside the block."""
+    if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype:
+        got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
+        raise ContractError(f"block {layer} must return the residual stream (b t e) = {tuple(x.shape)} {x.dtype}, "
+                            f"as it came in; got {got} (README 'Swapping a component')")
+    return out
 
 
 def check_inputs(model: GPT, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,

@@ -18,6 +18,11 @@ import torch
 from torch import Tensor
 
 
+class ContractError(ValueError):
+    """A piece passed in (a block, an attention, a kernel) broke a contract where it meets
+    minigpt's own code: the message names the contract, what it expects and what it got."""
+
+
 def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
     """An int (not a bool, not a float that happens to be whole) in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, Integral):

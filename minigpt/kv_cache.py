@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .checks import check_device, check_dtype, check_fits_in_memory, check_int
+from .checks import ContractError, check_device, check_dtype, check_fits_in_memory, check_int
 
 
 class KVCache:
@@ -120,6 +120,7 @@ class KVCache:
 
     def _write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         keys, values = self.keys[layer], self.values[layer]  # (b h s d)
+        check_written(keys, slots, k, v)
         if k.shape[1] < keys.shape[1]:  # a layer with pruned heads computes fewer than n_head: the first h slots
             keys, values = keys[:, : k.shape[1]], values[:, : k.shape[1]]
         keys.index_copy_(2, slots, k)
@@ -180,3 +181,22 @@ class KVCache:
             theirs.copy_(mine[rows])  # gathered first, so into may be self
         into.real.copy_(self.real[rows])
         into.end.copy_(self.end)
+
+
+def check_written(keys: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
+    """What an attention hands `kv(k, v)`: this call's keys and values, each (b h t d) with the
+    cache's rows, at most its heads (fewer where heads were pruned), its head width and dtype.
+    Shapes only: nothing is read back from the device."""
+    b, heads, _, d = keys.shape
+    want = f"(b h t d) = ({b}, {heads}, {len(slots)}, {d})"
+    for name, x in (("k", k), ("v", v)):
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != b or not 1 <= x.shape[1] <= heads \
+                or x.shape[2] != len(slots) or x.shape[3] != d:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ContractError(
+                f"kv(k, v) takes this call's keys and values shaped {want}: h = the model's n_head heads "
+                f"(n_kv_head under grouped-query attention), d = n_embd / n_head = {d}; got {name} {got} "
+                "(README 'Swapping a component')")
+    if k.shape != v.shape or k.dtype != keys.dtype or v.dtype != keys.dtype:
+        raise ContractError(f"kv(k, v) takes k and v of one shape in the cache's dtype {keys.dtype}; got k "
+                            f"{tuple(k.shape)} {k.dtype} and v {tuple(v.shape)} {v.dtype} (README 'Swapping a component')")

@@ -1,0 +1,157 @@
+"""minigpt.check on learners' pieces (tests/learner_pieces.py): every wrong one is caught with the
+idea it gets wrong named first, every right one passes every property, and the contracts where a
+learner's code meets minigpt's say what they expect instead of failing inside torch."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import decoders
+import learner_pieces as pieces
+from decoders.processors import keep_top_k, keep_top_p
+from minigpt import GPT, GPTConfig, explicit_attention, fused_attention, gpt2_block
+from minigpt.check import CAUSES, check
+from minigpt.checks import ContractError
+from minigpt.components import make_attention, make_mlp, make_norm
+from minigpt.tokenizer import Tokenizer
+from test_protocols import NanoAttention, NanoBlock, NanoMLP
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kind, piece, cause", pieces.BUGS, ids=[p.__name__ for _, p, _ in pieces.BUGS])
+def test_each_learner_bug_is_caught_with_its_cause_named_first(kind, piece, cause):
+    report = check(piece, kind)
+    assert not report.passed
+    assert report.causes[0] == cause, str(report)
+    assert f"diagnosis: {CAUSES[cause].says}" in str(report)
+
+
+def notebook_hand_block():
+    """The block the course notebook writes by hand (notebooks/3-by-hand.ipynb), run from its cell."""
+    cells = json.loads((ROOT / "notebooks/3-by-hand.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "class HandBlock" in "".join(c["source"]))
+    namespace = {"torch": torch, "nn": nn, "math": math}
+    exec(source.split("\nhand =")[0], namespace)  # the class alone, not the lines that load and run it
+    return namespace["HandBlock"]
+
+
+RIGHT = pieces.RIGHT + [
+    ("attend", explicit_attention), ("attend", fused_attention),
+    ("attention", make_attention), ("attention", NanoAttention),
+    ("block", gpt2_block), ("block", NanoBlock), ("block", "notebook"),
+    ("mlp", make_mlp), ("mlp", NanoMLP), ("norm", make_norm),
+    ("top_p", keep_top_p), ("top_k", keep_top_k),
+    ("decoder", lambda model, ids, n: decoders.greedy(model, ids, max_new_tokens=n)),
+    ("tokenizer", Tokenizer.gpt2()),
+]
+
+
+@pytest.mark.parametrize("kind, piece", RIGHT, ids=[f"{k}-{getattr(p, '__name__', type(p).__name__)}" for k, p in RIGHT])
+def test_right_pieces_pass_every_property(kind, piece):
+    piece = notebook_hand_block() if piece == "notebook" else piece
+    report = check(piece, kind)
+    assert report.passed, str(report)
+    assert all(f.skipped is None for f in report.findings if kind != "attend" or piece is not fused_attention)
+
+
+def test_a_failure_shows_the_smallest_example_hypothesis_found():
+    report = check(pieces.kernel_no_mask, "attend")
+    causal = next(f for f in report.findings if f.name == "a query never sees a later key")
+    assert causal.failure == ("the output at query 0 (key position 0) changed when key 1 changed "
+                              "(t=2 queries over s=2 keys, d=1)")
+
+
+def test_the_courses_wide_head_attention_meets_a_contract_error_not_a_torch_error():
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=32, vocab_size=50, n_positions=16)
+    model = GPT(config, make_block=_wide_block).eval()
+    ids = torch.randint(0, 50, (2, 5))
+    assert model(ids).shape == (2, 5, 50)  # a plain forward runs: no cache is involved
+    with pytest.raises(ContractError) as error:
+        decoders.greedy(model, ids, max_new_tokens=3)
+    message = str(error.value)
+    assert "kv(k, v) takes this call's keys and values shaped (b h t d) = (2, 4, 5, 8)" in message
+    assert "got k (2, 4, 5, 32)" in message and "README 'Swapping a component'" in message
+    assert isinstance(error.value, ValueError)
+
+
+def _wide_block(config):
+    block = pieces.Block(config)
+    block.attn = pieces.WideHeadSelfAttention(config)
+    return block
+
+
+class TupleBlock(nn.Module):
+    """Returns (x, attention) as transformers' blocks do."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.inner = pieces.Block(config)
+
+    def forward(self, x, allowed, kv=None):
+        return self.inner(x, allowed, kv), None
+
+
+def test_a_block_that_returns_a_tuple_is_told_what_to_return():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=8), make_block=TupleBlock)
+    with pytest.raises(ContractError, match=r"block 0 must return the residual stream \(b t e\) = \(1, 3, 8\) "
+                                            r"torch.float32, as it came in; got tuple"):
+        model(torch.tensor([[1, 2, 3]]))
+
+
+def test_check_reports_a_block_that_returns_a_tuple_as_a_shape_fault():
+    report = check(TupleBlock, "block")
+    assert report.causes[0] == "shape"
+    assert "returned tuple, not a tensor (b t e)" in str(report)
+
+
+def test_the_command_line_prints_the_report_and_exits_1_on_a_failure():
+    run = subprocess.run([sys.executable, "-m", "minigpt.check", "tests/learner_pieces.py:LayerNormUnbiased",
+                          "--kind", "norm"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "FAIL  with GPT-2's weights it computes GPT-2's norm" in run.stdout
+    assert f"diagnosis: {CAUSES['norm-unbiased'].says}" in run.stdout
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["tests/learner_pieces.py:Nothing", "--kind", "norm"], "error: tests/learner_pieces.py has no 'Nothing'"),
+    (["tests/nowhere.py:X", "--kind", "norm"], "error: no such file: tests/nowhere.py"),
+    (["tests/learner_pieces.py", "--kind", "norm"], "error: name the piece as path/to/file.py:Name"),
+])
+def test_the_command_line_refuses_a_bad_target_in_one_line(arguments, says):
+    run = subprocess.run([sys.executable, "-m", "minigpt.check", *arguments], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().startswith(says) and "Traceback" not in run.stderr
+
+
+def test_check_refuses_an_unknown_kind_and_a_piece_that_is_not_callable():
+    with pytest.raises(ValueError, match="kind must be one of 'attend'"):
+        check(pieces.kernel, "attn")
+    with pytest.raises(ValueError, match="must be callable"):
+        check(3, "attend")
+
+
+def test_check_leaves_the_learners_random_state_as_it_was():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check(pieces.MLP, "mlp")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_every_cause_a_suite_can_name_is_written_down():
+    from minigpt.check import variants
+    from minigpt.check.decoding import DECODER_PROBES, ENTROPY_PROBES, SAMPLER_PROBES
+    named = {*variants.ATTEND, *variants.ACTIVATIONS, *variants.TOP_P, *variants.TOP_K, *SAMPLER_PROBES,
+             *DECODER_PROBES, *ENTROPY_PROBES, *variants.module_probes("block", GPTConfig(n_head=2, n_embd=8))}
+    assert named <= set(CAUSES)
