@@ -339,3 +339,67 @@ BUGS = [
 
 RIGHT = [("attend", kernel), ("attention", Attention), ("block", Block), ("mlp", MLP), ("norm", LayerNorm),
          ("top_p", top_p), ("top_k", top_k), ("sampler", sampler), ("decoder", greedy), ("entropy", entropy)]
+
+
+# ---- beam step, head importance, positions -------------------------------------------------------
+
+def beam_step(scores, logprobs):
+    b, k, v = logprobs.shape
+    total = (scores[:, :, None] + logprobs).reshape(b, k * v)
+    best, index = total.topk(k, dim=1)
+    return best, index // v, index % v
+
+
+def beam_step_forgets_scores(scores, logprobs):
+    b, k, v = logprobs.shape
+    best, index = logprobs.reshape(b, k * v).topk(k, dim=1)
+    return best, index // v, index % v
+
+
+def beam_step_per_beam(scores, logprobs):
+    best, token = (scores[:, :, None] + logprobs).max(-1)
+    order = best.argsort(1, descending=True)
+    return best.gather(1, order), order, token.gather(1, order)
+
+
+def importance(model, ids):
+    gates = torch.ones(model.config.n_layer, model.config.n_head, requires_grad=True)
+    logits = model(ids, head_mask=gates)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    loss.backward()
+    return gates.grad.abs()
+
+
+def importance_signed(model, ids):
+    gates = torch.ones(model.config.n_layer, model.config.n_head, requires_grad=True)
+    logits = model(ids, head_mask=gates)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return torch.autograd.grad(loss, gates)[0]
+
+
+def sinusoidal(n, d):
+    table = torch.zeros(n, d)
+    position = torch.arange(n).float()[:, None]
+    rate = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2).float() / d)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate)
+    return table
+
+
+def sinusoidal_halves(n, d):
+    angle = torch.arange(n).float()[:, None] * torch.exp(-math.log(10000.0) * torch.arange(0, d, 2).float() / d)
+    return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+
+def not_written(q, k, v, allowed, dropout_p, at):
+    raise NotImplementedError("your attention here")
+
+
+BUGS += [
+    ("beam_step", beam_step_forgets_scores, "beam-scores-not-added"),
+    ("beam_step", beam_step_per_beam, "beam-each-alone"),
+    ("importance", importance_signed, "importance-signed"),
+    ("positions", sinusoidal_halves, "positions-halves"),
+    ("attend", not_written, "not-written"),
+]
+RIGHT += [("beam_step", beam_step), ("importance", importance), ("positions", sinusoidal)]

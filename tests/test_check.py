@@ -151,7 +151,34 @@ def test_check_leaves_the_learners_random_state_as_it_was():
 
 def test_every_cause_a_suite_can_name_is_written_down():
     from minigpt.check import variants
+    from minigpt.check.beam import BEAM_PROBES
     from minigpt.check.decoding import DECODER_PROBES, ENTROPY_PROBES, SAMPLER_PROBES
+    from minigpt.check.importance import IMPORTANCE_PROBES
+    from minigpt.check.positions import POSITION_PROBES
     named = {*variants.ATTEND, *variants.ACTIVATIONS, *variants.TOP_P, *variants.TOP_K, *SAMPLER_PROBES,
-             *DECODER_PROBES, *ENTROPY_PROBES, *variants.module_probes("block", GPTConfig(n_head=2, n_embd=8))}
+             *DECODER_PROBES, *ENTROPY_PROBES, *BEAM_PROBES, *IMPORTANCE_PROBES, *POSITION_PROBES,
+             *variants.module_probes("block", GPTConfig(n_head=2, n_embd=8))}
     assert named <= set(CAUSES)
+
+
+def test_the_checks_references_are_minigpts_own():
+    """The references the suites hold a learner's piece to are the library's computations, not copies
+    that could drift: head importance as analysis.head_importance computes it, and the beam step as
+    beam search's own steps 1 and 2."""
+    from minigpt.analysis import head_importance
+    from minigpt.check.beam import beam_reference, step_input
+    from minigpt.check.importance import IMPORTANCE_CONFIG, gate_gradient
+    from decoders.beam import Hypotheses, best_candidates, score_continuations
+
+    torch.manual_seed(0)
+    model = GPT(IMPORTANCE_CONFIG).eval()
+    ids = torch.randint(0, IMPORTANCE_CONFIG.vocab_size, (3, 9))
+    library = head_importance(model, ids, per_example=False, normalize=False)
+    assert torch.allclose(gate_gradient(model, ids), library, rtol=1e-5, atol=1e-8)
+
+    scores, logprobs = step_input(2, 3, 11, seed=0)
+    running = Hypotheses.empty(torch.zeros(2, 1, dtype=torch.long), 3, 1, 0)
+    running.score = scores
+    expected = best_candidates(score_continuations(running, logprobs), 3, 11)
+    for mine, theirs in zip(beam_reference(scores, logprobs), expected):
+        assert torch.equal(mine, theirs)

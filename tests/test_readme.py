@@ -63,6 +63,8 @@ DECODERS = ["greedy", "beam", "sample", "contrastive"]
 EXPERIMENT = (".venv/bin/python scripts/experiment.py --variant rope --variant rmsnorm --variant swiglu --variant gqa "
               "--variant rope,rmsnorm,swiglu,gqa --out runs/experiment")
 
+CHECK = ".venv/bin/python -m minigpt.check my_attention.py:attend --kind attend"  # exits 1: the piece is wrong
+
 # the README's command -> what the test runs (after the last `&&`; {copy} is a copy of the shipped model)
 COMMANDS = {
     MAIN: ".venv/bin/python scripts/verify.py",
@@ -91,6 +93,7 @@ COMMANDS = {
     "--new-tokens 4 --prefill-tokens 16 --no-compile",
     ".venv/bin/python scripts/bench_train.py": ".venv/bin/python scripts/bench_train.py --steps 4 --rounds 1 --batch 2 "
     "--no-compile",
+    CHECK: None,  # run by its own test below, which also compares what it prints with the README's report
 }
 NEEDS = {'.venv/bin/python scripts/generate.py --weights my-model --prompt "The" --max-new-tokens 20':
          [OWN_TRAINING], TWO_PROCESSES: [PREPARE], EIGHT_GPUS: [PREPARE_OWT]}  # a command that reads what an earlier one wrote runs after it, in the same directory
@@ -120,7 +123,7 @@ def run(command: str, cwd: Path, **places) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("command", [command for command in COMMANDS if command != CHECK])
 def test_readme_command_runs(command, workdir):
     copy = shutil.copytree(SHAKESPEARE, workdir / "copy")
     for earlier in NEEDS.get(command, []):
@@ -128,6 +131,21 @@ def test_readme_command_runs(command, workdir):
     printed = run(COMMANDS[command] or command, workdir, copy=copy)
     if command == MAIN:
         assert "PASS" in printed and "The model in the box" in printed and "ROMEO:" in printed
+
+
+def test_the_check_report_the_readme_shows_is_what_the_command_prints(workdir):
+    """The learner's file is the README's block that defines `attend`; the command exits 1 (a
+    property fails) and prints the pasted report, all but the seconds it took."""
+    section = README.split("### Check your own code")[1]
+    (workdir / "my_attention.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    words = [sys.executable] + shlex.split(CHECK)[1:]
+    done = subprocess.run(words, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    pasted = re.search(r"```text\n(minigpt.check: .*?)```", section, re.S).group(1)
+
+    def timeless(text: str) -> str:
+        return re.sub(r"\(\d+\.\d s\)", "(_ s)", text).strip()
+    assert timeless(done.stdout) == timeless(pasted)
 
 
 def test_the_texts_the_readme_shows_are_what_generate_writes(workdir):

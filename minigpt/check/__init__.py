@@ -13,7 +13,10 @@ Kinds, each the contract already written beside minigpt's own piece:
 - "top_p", "top_k": fn(logits (b v), amount) -> logits, the tokens left out at -inf;
 - "sampler": fn(logits (b v), temperature, generator) -> token ids (b);
 - "decoder": fn(model, input_ids (b t), max_new_tokens) -> (b t+n) ids, or a Generation: greedy;
+- "beam_step": fn(scores (b k), logprobs (b k v)) -> (scores, parents, tokens), each (b k);
 - "entropy": fn(pattern (b h t s)) -> (b h t), attention entropy in nats;
+- "importance": fn(model, input_ids (b t)) -> (l h), head importance |∂L/∂ξ| (Michel et al. 2019);
+- "positions": fn(n_positions, n_embd) -> (n_positions, n_embd), the sinusoidal position table;
 - "tokenizer": an object with encode(text) -> ids and decode(ids) -> text: GPT-2's.
 
 Each property is run over examples hypothesis draws and, on failure, shrinks (properties.py);
@@ -29,9 +32,12 @@ import torch
 
 from ..checks import check_choice
 from .causes import CAUSES, Cause
+from .beam import beam_suite
 from .decoding import decoder_suite, entropy_suite, filter_suite, sampler_suite
 from .kernel import kernel_suite
+from .importance import importance_suite
 from .modules import module_suite
+from .positions import positions_suite
 from .report import Finding, Report
 from .text import tokenizer_suite
 
@@ -45,11 +51,15 @@ SUITES: dict[str, Callable] = {
     "top_k": lambda piece: filter_suite(piece, "top_k"),
     "sampler": sampler_suite,
     "decoder": decoder_suite,
+    "beam_step": beam_suite,
     "entropy": entropy_suite,
+    "importance": importance_suite,
+    "positions": positions_suite,
     "tokenizer": tokenizer_suite,
 }
 KINDS = tuple(SUITES)
-NAMES = {"attend": "attention kernel", "top_p": "top-p filter", "top_k": "top-k filter"}
+NAMES = {"attend": "attention kernel", "top_p": "top-p filter", "top_k": "top-k filter", "beam_step": "beam step",
+         "importance": "head importance", "positions": "position scheme"}
 
 
 def check(piece: object, kind: str) -> Report:

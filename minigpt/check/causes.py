@@ -26,6 +26,8 @@ _ATTENTION = "notebooks/3-by-hand.ipynb, 'Attention of block 0, by hand'"
 _BLOCK = "notebooks/3-by-hand.ipynb, 'A block of our own, swapped in'; README 'Swapping a component'"
 _DECODING = "notebooks/1-decoding.ipynb"
 _CONTRACT = "README 'Swapping a component' (the block contract)"
+_ANALYSIS = "notebooks/2-attention.ipynb (head importance); minigpt/analysis/importance.py"
+_POSITIONS = "'Attention Is All You Need', section 3.5; minigpt/check/positions.py"
 
 CAUSES = {cause.key: cause for cause in [
     # ---- attention: scores, mask, softmax, weighted sum ------------------------------------
@@ -86,7 +88,23 @@ CAUSES = {cause.key: cause for cause in [
     Cause("entropy-wrong-axis", "entropy over the wrong axis: over queries, not over each query's keys",
           "notebooks/2-attention.ipynb"),
     Cause("entropy-sign", "the entropy's minus sign is missing: -Σ p log p", "notebooks/2-attention.ipynb"),
+    Cause("beam-scores-not-added", "the beams' running scores are not added to the log-probs: each step ranks "
+          "tokens as if every beam had just started", _DECODING),
+    Cause("beam-each-alone", "each beam keeps its own best token: the k best are not taken over every beam x token "
+          "together", _DECODING),
+    Cause("beam-index", "the beam and the token are read from the flattened index the wrong way round: for a "
+          "(k v) row, the beam is i // v and the token i % v", _DECODING),
+    Cause("importance-signed", "the gradient's sign is kept: importance is its size, |∂L/∂ξ|", _ANALYSIS),
+    Cause("importance-not-shifted", "the loss compares the logits at position i with token i, not token i + 1",
+          _ANALYSIS),
+    Cause("importance-loss-sum", "the loss is summed over the tokens, not averaged", _ANALYSIS),
+    Cause("importance-of-logits", "the gradient is of the logits' sum, not of the loss", _ANALYSIS),
+    Cause("positions-halves", "sines in the first half and cosines in the second: the paper interleaves them "
+          "(sin at 2i, cos at 2i + 1)", _POSITIONS),
+    Cause("positions-exponent", "the wavelengths use i / n_embd, not 2i / n_embd", _POSITIONS),
+    Cause("positions-swapped", "cosine at the even places and sine at the odd ones", _POSITIONS),
     # ---- general ------------------------------------------------------------------------------
+    Cause("not-written", "not written yet: it raises NotImplementedError", "the exercise's own cell"),
     Cause("shape", "the output's shape or dtype is not the contract's", _CONTRACT),
     Cause("crash", "the piece raised an error on a valid input", _CONTRACT),
     Cause("no-gradient", "some parameter gets no gradient: it is not used, or used through .detach() / .data / "

@@ -22,7 +22,7 @@ from ..block import TransformerBlock
 from ..components import make_attention, make_mlp, make_norm
 from ..config import GPTConfig
 from ..model import GPT, visibility
-from .properties import holds, once
+from .properties import crashed, holds, once
 from .report import Finding
 
 CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=32, vocab_size=96, n_positions=32)  # heads 8 wide
@@ -290,7 +290,12 @@ def module_suite(kind: str, piece: Factory) -> tuple[list[Finding], str | None]:
 
     torch.manual_seed(0)
     reference = lively(GPT(CONFIG), seed=1)
-    model, load_problem = build(kind, piece, reference)
+    try:
+        model, load_problem = build(kind, piece, reference)
+    except Exception as error:  # the learner's constructor may raise anything: that is the report
+        text, cause = crashed(error)
+        return [Finding("builds from a GPTConfig, inside GPT-2 (GPT(config, make_block=...))", failure=text,
+                        cause=cause)], None
     first = model.blocks[0]
     own = first if kind == "block" else getattr(first, {"attention": "attn", "mlp": "mlp", "norm": "ln_1"}[kind])
     findings = [keeps_shape(kind, own)]

@@ -21,6 +21,8 @@ EXAMPLES = 25  # per property: enough to meet every shape the strategies draw, a
 def crashed(error: Exception) -> tuple[str, str]:
     """A piece that raised: what to print, and the cause it points at."""
     text = f"raised {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if isinstance(error, NotImplementedError):
+        return "raised NotImplementedError: not written yet", "not-written"
     if isinstance(error, ContractError):
         return text, "cache-contract" if str(error).startswith("kv(k, v)") else "shape"
     return text, "crash"

@@ -56,7 +56,7 @@ class Report:
                 lines.append(f"  {'ok  ' if finding.passed else 'FAIL'}  {finding.name}"
                              + ("" if finding.passed else f": {finding.failure}"))
         if self.passed:
-            lines.append(f"every property holds: this {self.kind} computes what GPT-2's does")
+            lines.append(f"every property holds: this {self.kind} computes what the reference computes")
             return "\n".join(lines)
         for rank, key in enumerate(self.causes):
             cause = CAUSES[key]
