@@ -23,8 +23,9 @@ from .hooks import HookPoint
 # attend(q, k, v, allowed, dropout_p, at) -> out
 #   q (b h t d), k and v (b h s d), allowed (b 1 t s) bool: may query t look at key s? Every
 #   query row has at least one allowed key (a padding query is allowed itself), so a softmax
-#   over the allowed keys is never 0/0. at: the attention layer, whose hook points `at.hook_scores`
-#   and `at.hook_pattern` a kernel that forms scores and a pattern passes them through.
+#   over the allowed keys is never 0/0. at: anything with the two hook points `at.hook_scores` and
+#   `at.hook_pattern` (the attention layer passes itself), through which a kernel that forms scores
+#   and a pattern passes them; a kernel needs nothing else of the layer.
 #   out (b h t d).
 AttendFn = Callable[[Tensor, Tensor, Tensor, Tensor, float, "CausalSelfAttention"], Tensor]
 
@@ -64,6 +65,19 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
 
 
+def no_norm(width: int) -> nn.Module:
+    """The per-head norm of queries and keys when there is none: QK-norm passes a real one."""
+    return nn.Identity()
+
+
+class Unturned(nn.Module):
+    """Queries and keys as they are: the default where rotary positions (components/rope.py) turn
+    them by their positions. GPT-2's positions are added to the embeddings instead (model.py)."""
+
+    def forward(self, q: Tensor, k: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
+        return q, k
+
+
 class CausalSelfAttention(nn.Module):
     """GPT-2's attention, and the swaps that live inside it (components/): n_kv_head < n_head
     key/value heads, each shared by n_head / n_kv_head query heads (grouped-query attention,
@@ -73,7 +87,7 @@ class CausalSelfAttention(nn.Module):
     are cached."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, attend: AttendFn = explicit_attention, *,
-                 n_kv_head: int | None = None, qk_norm: Callable[[int], nn.Module] | None = None,
+                 n_kv_head: int | None = None, qk_norm: Callable[[int], nn.Module] = no_norm,
                  rotary: nn.Module | None = None):
         super().__init__()
         self.n_head, self.n_kv_head = n_head, n_kv_head or n_head
@@ -83,8 +97,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * d)  # x -> q, k, v for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd)  # heads, concatenated -> back to the residual stream
         self.resid_dropout = nn.Dropout(dropout)
-        self.q_norm, self.k_norm = (qk_norm(d), qk_norm(d)) if qk_norm is not None else (None, None)
-        self.rotary = rotary
+        self.q_norm, self.k_norm = qk_norm(d), qk_norm(d)  # one for the queries, one for the keys
+        self.rotary = rotary if rotary is not None else Unturned()
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
 
@@ -94,10 +108,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split([h * self.head_dim, g * self.head_dim, g * self.head_dim], dim=-1)
         q = rearrange(q, "b t (h d) -> b h t d", h=h)
         k, v = (rearrange(part, "b t (g d) -> b g t d", g=g) for part in (k, v))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary is not None:
-            q, k = self.rotary(q, k, allowed)
+        q, k = self.q_norm(q), self.k_norm(k)  # identities unless QK-norm is swapped in
+        q, k = self.rotary(q, k, allowed)  # unturned unless rotary positions are swapped in
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # (b h t d), (b g t d): this call's positions
         if kv is not None:
             k, v = kv(k, v)  # (b g s d): every position so far

@@ -20,12 +20,13 @@ if TYPE_CHECKING:
     from .model import GPT
 
 
-def check_construction(config: object, make_block: object) -> None:
-    """GPT(config, make_block): the arguments, and that the parameters fit in memory."""
+def check_construction(config: object, make_block: object, make_positions: object) -> None:
+    """GPT(config, make_block, make_positions): the arguments, and that the parameters fit in memory."""
     if not isinstance(config, GPTConfig):
         raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
-    if not callable(make_block):
-        raise ValueError(f"make_block must be a function GPTConfig -> block, got {type(make_block).__name__}")
+    for name, value, makes in (("make_block", make_block, "block"), ("make_positions", make_positions, "module")):
+        if not callable(value):
+            raise ValueError(f"{name} must be a function GPTConfig -> {makes}, got {type(value).__name__}")
     default = torch.get_default_device()
     if default.type != "meta":  # on meta nothing is allocated: a loader builds there first
         check_fits_in_memory(config.parameter_count * torch.get_default_dtype().itemsize,

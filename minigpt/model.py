@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .block import Block, gpt2_block
 from .boundary import check_block_output, check_construction, check_inputs
-from .components import RMSNorm, make_norm
+from .components import RMSNorm, make_norm, make_positions
 from .config import GPTConfig
 from .embedding import TokenEmbedding
 from .head_mask import head_gates
@@ -46,13 +46,14 @@ class Trace:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig, make_block: Callable[[GPTConfig], Block] = gpt2_block):
+    def __init__(self, config: GPTConfig, make_block: Callable[[GPTConfig], Block] = gpt2_block,
+                 make_positions: Callable[[GPTConfig], nn.Module] = make_positions):
         super().__init__()
-        check_construction(config, make_block)
+        check_construction(config, make_block, make_positions)
         self.config = config
         self.wte = TokenEmbedding(config.vocab_size, config.n_embd)  # token -> vector; also the output head
-        # position -> vector (learned); rotary and ALiBi positions live inside attention instead
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd) if config.position == "learned" else None
+        # adds where each token is (positions.py); named as GPT-2's checkpoints name its learned table
+        self.wpe = make_positions(config)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(make_block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
@@ -77,7 +78,7 @@ class GPT(nn.Module):
         else:
             real, slots = cache.append(real)  # the cache places the new positions: real is now (b s), every slot
         positions, allowed = visibility(real, slots)  # (b t), (b 1 t s)
-        x = self.wte(input_ids) if self.wpe is None else self.wte(input_ids) + self.wpe(positions)  # (b t e)
+        x = self.wpe(self.wte(input_ids), positions)  # (b t e): token vectors, their positions added
         x = self.hook_embed(self.drop(x))
         for layer, block in enumerate(self.blocks):
             kv = cache.writer(layer, slots) if cache is not None else None

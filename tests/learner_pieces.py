@@ -403,3 +403,24 @@ BUGS += [
     ("attend", not_written, "not-written"),
 ]
 RIGHT += [("beam_step", beam_step), ("importance", importance), ("positions", sinusoidal)]
+
+
+def repetition_penalty(logits, tokens, penalty):
+    out = logits.clone()
+    for row in range(logits.shape[0]):
+        for token in set(tokens[row].tolist()):
+            value = logits[row, token]
+            out[row, token] = value / penalty if value > 0 else value * penalty
+    return out
+
+
+def repetition_penalty_divides(logits, tokens, penalty):
+    out = logits.clone()
+    for row in range(logits.shape[0]):
+        for token in set(tokens[row].tolist()):
+            out[row, token] = logits[row, token] / penalty
+    return out
+
+
+BUGS += [("repetition", repetition_penalty_divides, "penalty-divides-negative")]
+RIGHT += [("repetition", repetition_penalty)]

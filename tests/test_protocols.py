@@ -192,3 +192,32 @@ def test_nanogpts_block_loads_gpt2s_weights_and_computes_what_ours_does():
     ]
     for run in runs:
         assert torch.equal(run(nano).sequences, run(ours).sequences)
+
+
+class Sinusoids(nn.Module):
+    """A position scheme of one's own ('Attention Is All You Need' 3.5), to GPT's make_positions
+    contract: embeddings (b t e) and positions (b t) -> embeddings with the positions added."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        from minigpt.check.positions import sinusoids
+        self.register_buffer("table", sinusoids(config.n_positions, config.n_embd), persistent=False)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        return x + self.table[positions]
+
+
+def test_a_position_scheme_passed_to_the_model_runs_cached_padded_and_decoded():
+    torch.manual_seed(0)
+    net = GPT(CONFIG, make_positions=Sinusoids).eval()
+    assert "wpe.weight" not in net.state_dict()  # a fixed table: nothing to load or save
+    ids, mask = prompt()
+    with torch.no_grad():
+        whole = net(ids, attention_mask=mask)
+        cache = net.new_cache(2, 6)
+        first = net(ids[:, :4], attention_mask=mask[:, :4], cache=cache)
+        rest = torch.stack([net.next_logits(ids[:, i], cache) for i in range(4, 6)], dim=1)
+        alone = net(ids[1:, 2:])  # row 1 without its two padding tokens
+    assert (torch.cat([first, rest], dim=1) - whole)[mask.bool()].abs().max() <= 1e-5
+    assert (whole[1, 2:] - alone[0]).abs().max() <= 1e-5  # positions count real tokens only
+    assert torch.equal(decoders.greedy(net, ids, attention_mask=mask, max_new_tokens=4).sequences[:, :6], ids)

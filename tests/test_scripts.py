@@ -70,7 +70,7 @@ def runs(tmp_path_factory, text_file):
 
 
 def launch(script: str, *args: str | bytes, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, timeout=300,
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, timeout=600,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HUB_CACHE": "/nonexistent"} | (env or {}))
 
 
@@ -115,7 +115,11 @@ def test_compare_prints_every_decoder(checkpoint):
 
 
 def test_bench_prints_ratios():
-    out = run("bench.py", "--preset", "tiny", "--new-tokens", "4", "--repeats", "1", "--prefill-tokens", "16", "--no-compile")
+    """Also the run of the README's bench command (test_readme.ELSEWHERE), with these options."""
+    from test_readme import COMMANDS
+    options = COMMANDS[".venv/bin/python scripts/bench.py --repeats 3"].split()[2:]
+    assert options == ["--preset", "tiny", "--repeats", "1", "--new-tokens", "4", "--prefill-tokens", "16", "--no-compile"]
+    out = run("bench.py", *options)
     assert sum(case in out for case in ("greedy, batch 1", "greedy, batch 8", "beam search, 4 beams", "sampling, batch 1",
                                         "prefill, 16 tokens", "contrastive", "diverse beam")) == 7 and "KV cache" in out
     assert "contrastive (a .6, k 4) *" in out and "against transformers 4.55.4" in out

@@ -11,6 +11,7 @@ Kinds, each the contract already written beside minigpt's own piece:
 - "attention", "block", "mlp", "norm": a factory GPTConfig -> module (a class taking the config
   will do): the `Attention` and `Block` protocols, the MLP and the norm, x (b t e) -> (b t e);
 - "top_p", "top_k": fn(logits (b v), amount) -> logits, the tokens left out at -inf;
+- "repetition": fn(logits (b v), tokens (b s), penalty) -> logits, the CTRL repetition penalty;
 - "sampler": fn(logits (b v), temperature, generator) -> token ids (b);
 - "decoder": fn(model, input_ids (b t), max_new_tokens) -> (b t+n) ids, or a Generation: greedy;
 - "beam_step": fn(scores (b k), logprobs (b k v)) -> (scores, parents, tokens), each (b k);
@@ -38,6 +39,7 @@ from .kernel import kernel_suite
 from .importance import importance_suite
 from .modules import module_suite
 from .positions import positions_suite
+from .repetition import repetition_suite
 from .report import Finding, Report
 from .text import tokenizer_suite
 
@@ -49,6 +51,7 @@ SUITES: dict[str, Callable] = {
     "norm": lambda piece: module_suite("norm", piece),
     "top_p": lambda piece: filter_suite(piece, "top_p"),
     "top_k": lambda piece: filter_suite(piece, "top_k"),
+    "repetition": repetition_suite,
     "sampler": sampler_suite,
     "decoder": decoder_suite,
     "beam_step": beam_suite,
@@ -59,7 +62,8 @@ SUITES: dict[str, Callable] = {
 }
 KINDS = tuple(SUITES)
 NAMES = {"attend": "attention kernel", "top_p": "top-p filter", "top_k": "top-k filter", "beam_step": "beam step",
-         "importance": "head importance", "positions": "position scheme"}
+         "importance": "head importance", "positions": "position scheme",
+         "repetition": "repetition penalty"}
 
 
 def check(piece: object, kind: str) -> Report:

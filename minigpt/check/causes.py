@@ -74,6 +74,10 @@ CAUSES = {cause.key: cause for cause in [
     Cause("top-p-keeps-tail", "top-p keeps the least likely tokens (sorted ascending), not the most likely", _DECODING),
     Cause("top-k-off-by-one", "top-k keeps one token too many or too few", _DECODING),
     Cause("top-k-keeps-least", "top-k keeps the k least likely tokens", _DECODING),
+    Cause("penalty-divides-negative", "the repetition penalty divides every repeated token's logit, so a negative one "
+          "goes up: the repeated token becomes more likely", _DECODING),
+    Cause("penalty-per-occurrence", "the repetition penalty is applied once per occurrence; CTRL applies it once per "
+          "distinct token", _DECODING),
     Cause("temperature-multiplies", "the logits are multiplied by the temperature, not divided", _DECODING),
     Cause("sampler-argmax", "the sampler always takes the most likely token: it never draws", _DECODING),
     Cause("sampler-ignores-logits", "the sampler draws uniformly: the logits do not weight the draw", _DECODING),

@@ -18,9 +18,10 @@ from functools import partial
 
 from torch import nn
 
-from ..attention import AttendFn, CausalSelfAttention, explicit_attention
+from ..attention import AttendFn, CausalSelfAttention, explicit_attention, no_norm
 from ..config import GPTConfig
 from ..mlp import MLP
+from ..positions import LearnedPositions, NoPositions
 from .alibi import alibi_attention, alibi_slopes
 from .mask_distance import distances, query_positions
 from .rmsnorm import RMSNorm
@@ -34,6 +35,12 @@ def make_norm(config: GPTConfig, width: int | None = None) -> nn.Module:
     width = width or config.n_embd
     kind = nn.LayerNorm if config.norm == "layernorm" else RMSNorm
     return kind(width, eps=config.layer_norm_epsilon)
+
+
+def make_positions(config: GPTConfig) -> nn.Module:
+    """What the model adds to the token embeddings: GPT-2's learned table, or nothing where the
+    positions act inside attention (rotary, ALiBi)."""
+    return LearnedPositions(config.n_positions, config.n_embd) if config.position == "learned" else NoPositions()
 
 
 def make_mlp(config: GPTConfig) -> nn.Module:
@@ -51,9 +58,9 @@ def make_attention(config: GPTConfig, attend: AttendFn | None = None) -> CausalS
     if config.window is not None:
         attend = windowed(config.window, attend)
     return CausalSelfAttention(config.n_embd, config.n_head, config.dropout, attend, n_kv_head=config.n_kv_head,
-                               qk_norm=partial(make_norm, config) if config.qk_norm else None,
+                               qk_norm=partial(make_norm, config) if config.qk_norm else no_norm,
                                rotary=Rotary(config.head_dim) if config.position == "rope" else None)
 
 
 __all__ = ["RMSNorm", "Rotary", "SwiGLU", "alibi_attention", "alibi_slopes", "distances", "make_attention",
-           "make_mlp", "make_norm", "query_positions", "windowed"]
+           "make_mlp", "make_norm", "make_positions", "query_positions", "windowed"]

@@ -29,11 +29,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..attention import CausalSelfAttention, explicit_attention, fused_attention
+from ..attention import CausalSelfAttention, Unturned, explicit_attention, fused_attention
 from ..block import TransformerBlock
 from ..kv_cache import KVCache
 from ..mlp import MLP, gelu_new
 from ..model import GPT
+from ..positions import LearnedPositions
 from . import kernels
 from .gelu import tanh_gelu
 from .int8 import Int8Linear
@@ -54,6 +55,8 @@ def not_fusable(model: GPT) -> str | None:
     if not built():
         return "rows.cpp could not be built"
     config = model.config
+    if type(model.wpe) is not LearnedPositions:
+        return "its positions are not GPT-2's learned table"
     if config.components:
         return f"its config swaps in components GPT-2 does not have ({', '.join(config.components)})"
     for i, block in enumerate(model.blocks):
@@ -61,7 +64,8 @@ def not_fusable(model: GPT) -> str | None:
             return f"block {i} is not GPT-2's (TransformerBlock, CausalSelfAttention, MLP)"
         attn = block.attn
         if (attn.attend not in (explicit_attention, fused_attention) or attn.n_head != config.n_head
-                or attn.n_kv_head != attn.n_head or attn.q_norm is not None or attn.rotary is not None):
+                or attn.n_kv_head != attn.n_head or type(attn.q_norm) is not nn.Identity
+                or type(attn.rotary) is not Unturned):
             return f"block {i}'s attention is swapped or pruned"
         if block.mlp.activation not in (gelu_new, tanh_gelu):
             return f"block {i}'s MLP activation is not GELU (tanh)"
