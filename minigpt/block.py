@@ -7,6 +7,7 @@ from typing import Protocol
 from torch import Tensor, nn
 
 from .attention import AttendFn, Attention, KVWrite
+from .boundary import check_output
 from .components import make_attention, make_mlp, make_norm
 from .config import GPTConfig
 from .hooks import HookPoint
@@ -30,9 +31,9 @@ class TransformerBlock(nn.Module):
         self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: Tensor, allowed: Tensor, kv: KVWrite | None = None) -> Tensor:
-        attended = self.hook_attn_out(self.attn(self.ln_1(x), allowed, kv))  # (b t e)
+        attended = self.hook_attn_out(check_output("attn", x, self.attn(self.ln_1(x), allowed, kv)))  # (b t e)
         x = self.hook_resid_mid(x + attended)
-        return x + self.hook_mlp_out(self.mlp(self.ln_2(x)))
+        return x + self.hook_mlp_out(check_output("mlp", x, self.mlp(self.ln_2(x))))
 
 
 def gpt2_block(config: GPTConfig, attend: AttendFn | None = None) -> TransformerBlock:

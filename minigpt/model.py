@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .block import Block, gpt2_block
-from .boundary import check_block_output, check_construction, check_inputs
+from .boundary import check_construction, check_inputs, check_output
 from .components import RMSNorm, make_norm, make_positions
 from .config import GPTConfig
 from .embedding import TokenEmbedding
@@ -83,7 +83,7 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.blocks):
             kv = cache.writer(layer, slots) if cache is not None else None
             x = self.hook_resid_pre[layer](x)
-            x = self.hook_resid_post[layer](check_block_output(layer, x, block(x, allowed, kv)))  # (b t e)
+            x = self.hook_resid_post[layer](check_output(f"block {layer}", x, block(x, allowed, kv)))  # (b t e)
         return self.hook_ln_f(self.ln_f(x))
 
     def head(self, hidden: Tensor) -> Tensor:

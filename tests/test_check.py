@@ -19,6 +19,7 @@ import decoders
 import learner_pieces as pieces
 from decoders.processors import keep_top_k, keep_top_p
 from minigpt import GPT, GPTConfig, explicit_attention, fused_attention, gpt2_block
+from minigpt.block import TransformerBlock
 from minigpt.check import CAUSES, check
 from minigpt.checks import ContractError
 from minigpt.components import make_attention, make_mlp, make_norm
@@ -103,8 +104,28 @@ class TupleBlock(nn.Module):
 
 def test_a_block_that_returns_a_tuple_is_told_what_to_return():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=8), make_block=TupleBlock)
-    with pytest.raises(ContractError, match=r"block 0 must return the residual stream \(b t e\) = \(1, 3, 8\) "
-                                            r"torch.float32, as it came in; got tuple"):
+    with pytest.raises(ContractError, match=r"block 0 must return the residual stream's shape \(b t e\) = "
+                                            r"\(1, 3, 8\) torch.float32, as it came in; got tuple"):
+        model(torch.tensor([[1, 2, 3]]))
+
+
+class HeadsAttention(nn.Module):
+    """Returns each head's output (b t h d), without merging the heads and projecting them back."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.heads, self.c_attn = config.n_head, nn.Linear(config.n_embd, 3 * config.n_embd)
+
+    def forward(self, x, allowed, kv=None):
+        q, k, v = (part.unflatten(-1, (self.heads, -1)).transpose(1, 2) for part in self.c_attn(x).chunk(3, -1))
+        return (torch.softmax((q @ k.transpose(-2, -1)).masked_fill(~allowed, float("-inf")), -1) @ v).transpose(1, 2)
+
+
+def test_an_attention_in_our_block_that_returns_the_heads_unmerged_is_told_the_shape():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=8),
+                make_block=lambda c: TransformerBlock(nn.LayerNorm(8), HeadsAttention(c), nn.LayerNorm(8), make_mlp(c)))
+    with pytest.raises(ContractError, match=r"attn must return the residual stream's shape \(b t e\) = \(1, 3, 8\) "
+                                            r"torch.float32, as it came in; got \(1, 3, 2, 4\)"):
         model(torch.tensor([[1, 2, 3]]))
 
 
@@ -182,3 +203,27 @@ def test_the_checks_references_are_minigpts_own():
     expected = best_candidates(score_continuations(running, logprobs), 3, 11)
     for mine, theirs in zip(beam_reference(scores, logprobs), expected):
         assert torch.equal(mine, theirs)
+
+
+def test_the_kind_read_off_a_pieces_names_is_never_a_wrong_guess():
+    import sys
+    sys.path.insert(0, str(ROOT / "notebooks" / "exercises"))
+    import solutions
+
+    from minigpt.check.kinds import infer_kind
+    exercises = {"attend": solutions.attend, "block": solutions.MyBlock, "decoder": solutions.greedy,
+                 "beam_step": solutions.beam_step, "top_p": solutions.top_p, "entropy": solutions.entropy,
+                 "importance": solutions.importance, "positions": solutions.positions}
+    assert {kind: infer_kind(piece) for kind, piece in exercises.items()} == {kind: kind for kind in exercises}
+    everything = [(kind, piece) for kind, piece, _ in pieces.BUGS] + [(k, p) for k, p in RIGHT if p != "notebook"]
+    assert [(kind, piece) for kind, piece in everything if infer_kind(piece) not in (kind, None)] == []
+    assert sum(infer_kind(piece) == kind for kind, piece in everything) >= len(everything) - 8
+
+
+def test_the_command_line_reads_the_kind_off_the_names_or_asks_for_it():
+    run = subprocess.run([sys.executable, "-m", "minigpt.check", "notebooks/exercises/solutions.py:top_p"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("minigpt.check: top-p filter `top_p`"), run.stderr
+    run = subprocess.run([sys.executable, "-m", "minigpt.check", "tests/learner_pieces.py:sinusoidal"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.startswith("error: cannot tell which kind of piece")

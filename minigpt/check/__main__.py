@@ -1,7 +1,8 @@
-"""python -m minigpt.check path/to/file.py:Name --kind attend
+"""python -m minigpt.check path/to/file.py:Name [--kind attend]
 
-Loads Name from the file (the file runs, as an import would), checks it as that kind, prints the
-report; exit status 0 when every property holds, 1 when one fails, 2 for a usage error."""
+Loads Name from the file (the file runs, as an import would), checks it as that kind (without
+--kind, as the kind its names say, kinds.py), prints the report; exit status 0 when every
+property holds, 1 when one fails, 2 for a usage error."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import KINDS, check
+from .kinds import infer_kind
 
 
 def load(target: str) -> object:
@@ -36,11 +38,16 @@ def load(target: str) -> object:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minigpt.check", description=__doc__.split("\n\n")[1])
     parser.add_argument("target", help="path/to/file.py:Name")
-    parser.add_argument("--kind", required=True, choices=KINDS, help="which contract the piece is written to")
+    parser.add_argument("--kind", choices=KINDS, help="which contract the piece is written to (default: read off "
+                        "its names)")
     args = parser.parse_args(argv)
     try:
         piece = load(args.target)
-        report = check(piece, args.kind)
+        kind = args.kind or infer_kind(piece)
+        if kind is None:
+            raise ValueError(f"cannot tell which kind of piece {args.target} is from its names: pass --kind, one of "
+                             f"{', '.join(KINDS)}")
+        report = check(piece, kind)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
