@@ -88,6 +88,17 @@ def check_temperature(temperature: object) -> float:
     return temperature
 
 
+def check_sampling(temperature: object, top_k: object, top_p: object, min_p: object, typical_p: object) -> None:
+    """The options only sampling reads, each in its range: `sample` checks them, and so does a
+    script that takes them for every decoder, so that a value sampling would refuse is never
+    silently ignored by another decoder."""
+    check_temperature(temperature)
+    check_int("top_k", top_k, low=0)
+    check_float("top_p", top_p, 0.0, 1.0, open_low=True)
+    check_float("min_p", min_p, 0.0, 1.0)
+    check_float("typical_p", typical_p, 0.0, 1.0, open_low=True)
+
+
 @dataclass(frozen=True)
 class Rules:
     """The options checked against a model's vocabulary and put to use."""

@@ -7,11 +7,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minigpt.checks import check_fits_in_memory, check_float, check_int
+from minigpt.checks import check_fits_in_memory, check_int
 
 from . import processors
 from .generation import DecoderModel, Generation, check_model, repeat_rows
-from .options import DecodingOptions, check_temperature, decoding_options
+from .options import DecodingOptions, check_sampling, decoding_options
 from .token_loop import token_loop
 
 
@@ -37,11 +37,7 @@ def sample(model: DecoderModel, input_ids: Tensor, *, max_new_tokens: int | None
     options = decoding_options("sample", max_new_tokens, options, shared,
                                own=["temperature", "top_k", "top_p", "min_p", "typical_p", "num_return_sequences",
                                     "generator", "on_token"])
-    check_temperature(temperature)
-    check_int("top_k", top_k, low=0)
-    check_float("top_p", top_p, 0.0, 1.0, open_low=True)
-    check_float("min_p", min_p, 0.0, 1.0)
-    check_float("typical_p", typical_p, 0.0, 1.0, open_low=True)
+    check_sampling(temperature, top_k, top_p, min_p, typical_p)
     check_int("num_return_sequences", num_return_sequences, 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

@@ -96,8 +96,10 @@ def token_loop(model: DecoderModel, input_ids: Tensor, *, pick: Callable[[Tensor
     if max_new_tokens:
         cache = model.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
         logits = prefill(model, input_ids, written.prompt_real, cache)  # (b v)
+    nan = torch.zeros((), dtype=torch.bool, device=input_ids.device)  # kept on the device: read once, at the end
     for new in range(max_new_tokens):
         logits = logits.float()  # choose in float32 whatever the model's dtype, as transformers does
+        nan |= logits.isnan().any()
         real = cache.real[:, : written.tokens.shape[1]]  # (b s): the cache knows which tokens are padding
         processed = rules.processors(logits, written.tokens, real, new)
         chosen, done = written.add(new, logits, processed, pick(processed))
@@ -105,4 +107,7 @@ def token_loop(model: DecoderModel, input_ids: Tensor, *, pick: Callable[[Tensor
             break
         if new + 1 < max_new_tokens:
             logits = model.next_logits(chosen, cache)
+    if bool(nan):  # argmax and multinomial would each pick something from NaN: nothing chosen so is returned
+        raise ValueError("the model's logits held NaN while decoding (a hook that wrote NaN, or weights that "
+                         "overflow this dtype): no token can be chosen from them")
     return written.generation()

@@ -35,12 +35,12 @@ def check_construction(config: object, make_block: object, make_positions: objec
 
 def check_output(what: str, x: Tensor, out: object) -> Tensor:
     """A piece passed in (a block: `make_block`; a block's attention or MLP) returns the residual
-    stream's shape, (b t e): one tensor of x's shape and dtype. Shapes only, so it costs nothing
-    beside the piece."""
-    if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype:
-        got = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
-        raise ContractError(f"{what} must return the residual stream's shape (b t e) = {tuple(x.shape)} {x.dtype}, "
-                            f"as it came in; got {got} (README 'Swapping a component')")
+    stream's shape, (b t e): one tensor of x's shape. Shapes only (under autocast a sublayer's dtype
+    differs from the stream's, rightly), so it costs nothing beside the piece."""
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ContractError(f"{what} must return the residual stream's shape (b t e) = {tuple(x.shape)}, as it came "
+                            f"in; got {got} (README 'Swapping a component')")
     return out
 
 

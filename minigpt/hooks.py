@@ -54,10 +54,10 @@ class HookPoint:
         for fn in self.fns:
             out = fn(x)
             if out is not None:
-                if not isinstance(out, Tensor) or out.shape != x.shape:
-                    shown = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype:
+                    shown = f"{tuple(out.shape)} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
                     raise ValueError(f"the hook at {self.name} returned {shown}; it must return a tensor of the "
-                                     f"activation's shape {tuple(x.shape)}, or None to keep it")
+                                     f"activation's shape {tuple(x.shape)} and dtype {x.dtype}, or None to keep it")
                 x = out
         return x
 
@@ -97,11 +97,15 @@ def hooks(model: nn.Module, fns: dict[str, HookFn]) -> Iterator[None]:
         if not callable(fn):
             raise ValueError(f"the hook for {name} must be a function activation -> replacement or None, "
                              f"got {type(fn).__name__}")
-    with attached(points, fns):
+    # every pass goes through `embed`: a no-op there tells whether a pass ran at all, so that a hook
+    # no pass reached is an error even when it was the only one set
+    witness = {"embed": lambda x: None} if "embed" in points and "embed" not in fns else {}
+    with attached(points, fns | witness):
         yield
-    reached = {name: points[name].reached for name in fns}
-    if any(reached.values()) and not all(reached.values()):
-        raise not_reached(next(name for name, was in reached.items() if not was))
+    passed = any(points[name].reached for name in [*fns, *witness])
+    missed = [name for name in fns if not points[name].reached]
+    if passed and missed:
+        raise not_reached(missed[0])
 
 
 @contextlib.contextmanager

@@ -132,6 +132,12 @@ class KVCache:
         slots and the rest become holes (not real, so attention skips them and positions do not
         count them: a row's logits are those it gets without them); the cache then ends at
         start + max(kept). Speculative decoding keeps the proposals each row accepted."""
+        check_int("keep's start", start, 0, self.length)
+        if not isinstance(kept, Tensor) or kept.shape != (self.batch,) or kept.dtype != torch.long:
+            raise ValueError(f"keep takes a long tensor of {self.batch} counts, one a row, got {kept!r:.60}")
+        if bool(((kept < 0) | (kept > self.length - start)).any()):
+            raise ValueError(f"keep's counts must be in [0, {self.length - start}] (the slots written from slot "
+                             f"{start} on), got {kept.tolist()}")
         slots = torch.arange(self.max_length, device=self.real.device)  # (s)
         self.real &= slots < start + kept[:, None]  # (b s): every slot before start, and the kept ones
         self.end.fill_(start + int(kept.max()))

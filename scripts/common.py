@@ -26,6 +26,7 @@ import torch
 
 import decoders
 from decoders import DecodingOptions
+from decoders.options import check_sampling
 from minigpt import GPT, GPTConfig, Tokenizer
 from minigpt.fast import WEIGHT_FORMATS, optimize
 from minigpt.checks import check_device
@@ -248,7 +249,10 @@ def early_stopping(value: str) -> bool | str:
 
 def run_decoder(name: str, args: argparse.Namespace, model: GPT, ids: torch.Tensor, options: DecodingOptions, **extra):
     """The decoder the scripts call `name` (greedy, beam, diverse, sample, contrastive, speculative)
-    with the options the arguments give; `extra` (on_token, say; speculative's draft) goes to the decoder too."""
+    with the options the arguments give; `extra` (on_token, say; speculative's draft) goes to the decoder too.
+    The sampling options are checked whichever decoder runs: a value sampling would refuse is an
+    error, not ignored."""
+    check_sampling(args.temperature, args.top_k or 0, args.top_p, args.min_p, args.typical_p)
     common = dict(max_new_tokens=args.max_new_tokens, options=options, **{k: v for k, v in extra.items() if k != "draft"})
     beams = dict(num_beams=args.num_beams, length_penalty=args.length_penalty,
                  early_stopping=early_stopping(args.early_stopping), num_return_sequences=args.num_return_sequences)

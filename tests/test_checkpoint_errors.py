@@ -204,3 +204,13 @@ def test_a_checkpoints_tokenizer_is_its_own_or_gpt2s_and_never_a_guess(checkpoin
     refused(lambda: load_tokenizer(checkpoint), "tokenizer file not found: .*merges.txt")
     full = save_gpt2(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=4, vocab_size=50257, n_positions=8)), tmp_path / "full")
     assert load_tokenizer(full).encode("Hello world") == [15496, 995]  # GPT-2's, for GPT-2's vocabulary
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2-xl", "distilgpt2", "openai-community/gpt2-medium"])
+def test_a_public_gpt2_names_tokenizer_needs_no_download(name, tmp_path, monkeypatch):
+    """Every public GPT-2 uses GPT-2's BPE, which ships with the install: offline, with an empty
+    Hugging Face cache, load_tokenizer gives it instead of asking for a download."""
+    from weights import load_tokenizer
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_tokenizer(name).encode("Hello world") == [15496, 995]

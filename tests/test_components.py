@@ -96,10 +96,26 @@ def test_alibi_bias_is_zero_at_distance_zero_and_grows_linearly(t, before, paddi
         for j in range(padding, padding + before + i + 1):  # the keys query i may see
             assert far[i, j] == before + i - (j - padding)  # how many real tokens back
     assert torch.equal(query_positions(allowed)[0, 0, :, 0], torch.arange(before, before + t))
-    slopes = alibi_slopes(heads)
-    assert torch.allclose(slopes, 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads))  # Press et al. 2022, section 3
-    if heads > 1:  # a geometric sequence
-        assert torch.allclose(slopes[1:] / slopes[:-1], torch.full((heads - 1,), 2.0 ** (-8.0 / heads)))
+
+
+def paper_slopes(n: int) -> list[float]:
+    """Press et al. 2022: for n a power of two, start at 2^(-8/n) and multiply by it n - 1 times;
+    otherwise the slopes of the closest power of two below n, then every other slope of twice that
+    count, as many as are missing (the paper's code, `get_slopes`, written from its description)."""
+    if math.log2(n).is_integer():
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+    closest = 2 ** math.floor(math.log2(n))
+    return paper_slopes(closest) + paper_slopes(2 * closest)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("heads", range(1, 17))
+def test_alibi_slopes_are_the_papers(heads):
+    assert alibi_slopes(heads).tolist() == pytest.approx(paper_slopes(heads), rel=1e-6)
+
+
+def test_alibi_slopes_for_three_heads_are_the_papers_not_a_squeezed_sequence():
+    assert sorted(alibi_slopes(3).tolist()) == pytest.approx([2**-8, 2**-4, 2**-2])  # the issue's {0.0039, 0.0625, 0.25}
 
 
 def test_alibi_scores_are_the_products_less_slope_times_distance():

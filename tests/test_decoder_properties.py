@@ -3,6 +3,7 @@ cache, padding, and the bookkeeping of scores."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -177,6 +178,22 @@ def test_top_k_top_p_temperature_alone(logits, k, p, t):
     assert torch.equal(processors.keep_top_k(logits, k), TopKLogitsWarper(k)(ids, logits.clone()))
     assert torch.equal(processors.keep_top_p(logits, p), TopPLogitsWarper(p)(ids, logits.clone()))
     assert torch.equal(processors.divide_by_temperature(logits, t), TemperatureLogitsWarper(t)(ids, logits.clone()))
+
+
+@pytest.mark.parametrize("vocab, eighths", [(8, k) for k in range(1, 8)] + [(4, 2), (4, 4), (4, 6)])
+def test_top_p_at_an_exact_tie_of_the_cumulative_mass_keeps_what_transformers_keeps(vocab, eighths):
+    """Uniform logits: every probability is exactly 1/v and every cumulative sum and 1 - top_p are
+    exact in binary, so the cumulative mass lands exactly on the threshold. transformers drops a
+    token while its cumulative probability is <= 1 - top_p: the token whose cumulative mass equals
+    1 - top_p is dropped, and exactly round(top_p v) tokens stay."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    top_p = eighths / 8
+    logits = torch.zeros(2, vocab)
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    ours = processors.keep_top_p(logits, top_p)
+    assert torch.equal(ours, TopPLogitsWarper(top_p)(ids, logits.clone()))
+    assert (ours > float("-inf")).sum(dim=1).tolist() == [round(top_p * vocab)] * 2
 
 
 def test_padding_is_not_history_for_ngrams_or_penalties():

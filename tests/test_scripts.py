@@ -147,6 +147,9 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
      "argument --temperature: must be a finite number"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--decoder", "sample", "--temperature", "1e-45"],
      "--temperature must be 0 (greedy) or in [1e-06, 1e+06]"),
+    ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--decoder", "speculative", "--draft", "{ckpt}", "--temperature", "-1"],
+     "--temperature must be in [0, 1e+06], got -1"),  # greedy's text, but a value sampling refuses is not ignored
+    ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--decoder", "beam", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--repetition-penalty", "1e-45"], "--repetition-penalty must be in"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--eos-token-id", "99999"], "--eos-token-id must be in [0, 50256], got 99999"),
     ("generate.py", [W, "{ckpt}", "--prompt", "hi", "--eos-token-id", "end"], "--eos-token-id must be a token id or 'none'"),

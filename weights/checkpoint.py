@@ -21,7 +21,7 @@ from minigpt.files import write_atomically, write_text_atomically
 from minigpt.model import GPT
 from minigpt.tokenizer import Tokenizer
 
-from .locate import checkpoint_root, locate
+from .locate import ALIASES, checkpoint_root, find_cached, locate
 from .names import check_public, ours_to_public, public_to_ours, wanted
 from .safetensors_io import SINGLE_FILE, confined, list_tensors, read_tensors, write_file
 
@@ -65,7 +65,10 @@ def load_gpt2(
 def load_tokenizer(source: str | os.PathLike) -> Tokenizer:
     """A checkpoint's own tokenizer (vocab.json and merges.txt beside its weights, as the hub's GPT-2
     checkpoints and `scripts/train.py` write them), or GPT-2's for a checkpoint of GPT-2's
-    vocabulary size that carries none."""
+    vocabulary size that carries none. A public GPT-2 name ("gpt2", ..., "distilgpt2") not in the
+    Hugging Face cache is GPT-2's BPE, which ships with the install: nothing to download."""
+    if isinstance(source, str) and source in {*ALIASES, *ALIASES.values()} and find_cached(source) is None:
+        return Tokenizer.gpt2()
     directory = locate(source)
     root = checkpoint_root(directory)
     vocab, merges = directory / "vocab.json", directory / "merges.txt"

@@ -1,0 +1,103 @@
+"""Reliability III, the part done so far: a hook that makes a logit NaN stops greedy and sampling
+instead of picking from it; a hook that returns another dtype is told so; the KV cache's `keep`
+refuses counts it does not hold; a `logits` hook edits a decoding step once, as it edits one pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import decoders
+from minigpt import GPT, GPTConfig
+
+TINY = GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=32)
+
+
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+def poison(logits):
+    logits = logits.clone()
+    logits[..., 7] = float("nan")
+    return logits
+
+
+@pytest.mark.parametrize("decode", [
+    lambda m, ids: decoders.greedy(m, ids, max_new_tokens=4),
+    lambda m, ids: decoders.sample(m, ids, max_new_tokens=4, generator=torch.Generator().manual_seed(0)),
+])
+def test_a_hook_that_writes_nan_into_the_logits_stops_decoding_with_a_clear_error(decode):
+    net, ids = model(), torch.tensor([[1, 2, 3]])
+    with net.hooks({"logits": poison}), pytest.raises(ValueError, match="logits held NaN while decoding"):
+        decode(net, ids)
+    assert decode(net, ids).new_tokens.shape == (1, 4)  # without the hook it decodes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.float16])
+def test_a_hook_that_returns_another_dtype_is_told_which_one_it_must_return(dtype):
+    net = model()
+    with net.hooks({"blocks.0.resid_mid": lambda x: x.to(dtype)}), pytest.raises(
+            ValueError, match=rf"the hook at blocks.0.resid_mid returned \(1, 3, 16\) {dtype}; it must return a tensor "
+                              r"of the activation's shape \(1, 3, 16\) and dtype torch.float32"):
+        net(torch.tensor([[1, 2, 3]]))
+
+
+@pytest.mark.parametrize("start, kept, says", [
+    (0, [20], r"keep's counts must be in \[0, 5\]"),
+    (-2, [1], r"keep's start must be in \[0, 5\], got -2"),
+    (6, [0], r"keep's start must be in \[0, 5\], got 6"),
+    (0, [0.5], "keep takes a long tensor of 1 counts"),
+    (0, [1, 1], "keep takes a long tensor of 1 counts"),
+    (2, [-1], r"keep's counts must be in \[0, 3\]"),
+])
+def test_keep_refuses_what_the_cache_does_not_hold_and_changes_nothing(start, kept, says):
+    net = model()
+    cache = net.new_cache(1, 8)
+    net(torch.tensor([[1, 2, 3, 4, 5]]), cache=cache)
+    real = cache.real.clone()
+    with pytest.raises(ValueError, match=says):
+        cache.keep(start, torch.tensor(kept))
+    assert cache.length == 5 and torch.equal(cache.real, real)
+
+
+def test_a_logits_hook_edits_each_decoding_step_once_as_it_edits_one_pass():
+    """A hook adds three quarters of the first step's margin to token 9's logit. Applied once per
+    pass, the cached decoder's tokens are the uncached loop's under the same hook, and token 9 does
+    not win the first step; applied twice in a step (in `head` and again in the step) it would."""
+    net, ids = model(), torch.tensor([[4, 8, 15, 16]])
+    with torch.no_grad():
+        first = net(ids)[0, -1]
+    assert int(first.argmax()) != 9
+    bump = 0.75 * float(first.max() - first[9])
+
+    def nudge(logits):
+        logits = logits.clone()
+        logits[..., 9] += bump
+        return logits
+
+    with net.hooks({"logits": nudge}):
+        cached = decoders.greedy(net, ids, max_new_tokens=6).sequences
+        sequence = ids
+        with torch.no_grad():
+            for _ in range(6):
+                sequence = torch.cat([sequence, net(sequence)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, sequence)
+    assert int(cached[0, 4]) == int(first.argmax())  # the bump alone does not beat the first step's best
+
+
+@pytest.mark.parametrize("point", ["blocks.0.attn.pattern", "blocks.1.attn.scores"])
+def test_a_hook_alone_on_what_a_fused_kernel_never_forms_is_an_error_not_silence(point):
+    from functools import partial
+
+    from minigpt import fused_attention, gpt2_block
+    torch.manual_seed(0)
+    net = GPT(TINY, make_block=partial(gpt2_block, attend=fused_attention)).eval()
+    seen = []
+    with pytest.raises(ValueError, match=f"hook point {point} was not reached by the forward pass"):
+        with net.hooks({point: seen.append}):
+            net(torch.tensor([[1, 2, 3]]))
+    assert seen == []
+    with net.hooks({point: seen.append}):  # a block with no pass in it asks nothing of the hook
+        pass
