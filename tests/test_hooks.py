@@ -263,8 +263,8 @@ def test_bad_names_shapes_and_kernels_are_clear_errors(pair):
         ours.run_with_cache(ids, names=["attn.q"])
     with pytest.raises(ValueError, match="names must be a list"):
         ours.run_with_cache(ids, names="embed")
-    with pytest.raises(ValueError, match=r"the hook at blocks.0.mlp.pre returned \(2,\); it must return a tensor of "
-                                         r"the activation's shape \(1, 3, 96\)"):
+    with pytest.raises(ValueError, match=r"the hook at blocks.0.mlp.pre returned \(2,\) torch.float32; it must return "
+                                         r"a tensor of the activation's shape \(1, 3, 96\)"):
         with ours.hooks({"blocks.0.mlp.pre": lambda x: torch.zeros(2)}):
             ours(ids)
     with pytest.raises(ValueError, match="must be a function"):
