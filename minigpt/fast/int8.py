@@ -14,7 +14,7 @@ by at most 1/65534 of the row's largest). Two kernels compute it: rows.cpp, whic
 as stored and sums each block's products in integers (the few rows of a decoding step), and
 PyTorch's float32 product on the blocks widened at each call (a prompt's many rows, where the
 product is bound by arithmetic and widening costs little beside it). Which takes how many rows is
-measured on the machine (kernels.py). Both give the same numbers, summed in other orders, so the
+measured on the machine (kernels.py), with and without a software prefetch (rows.cpp). Both give the same numbers, summed in other orders, so the
 tokens do not depend on which won the timing; fbgemm's int8 product, which rounds the activations
 to 8 bits over a whole batch at once (so one row's result depends on the others), is not one of
 them (docs/fast.md). On CUDA the widened product runs compiled (gpt-fast's recipe: the
@@ -30,7 +30,7 @@ from ..embedding import TokenEmbedding
 from ..model import GPT
 from . import kernels
 from .kernels import Routes
-from .rows import BLOCK, fits, format_product, quantize_blocks, rows_product
+from .rows import BLOCK, PREFETCH, fits, format_product, quantize_blocks, rows_product
 from .swap import swap_weights
 
 
@@ -66,8 +66,9 @@ def int8_routes(q: Tensor, scales: Tensor, bias: Tensor | None) -> Routes:
     """The kernels that multiply float32 rows by the int8 blocks: rows.cpp where it fits, and
     PyTorch's product on the blocks widened to float32 (module docstring)."""
     kernels = {"widened": lambda x: format_product(x, q, scales, bias)}
-    if fits(q) and q.shape[1] // scales.shape[1] == BLOCK:
+    if fits(q) and q.shape[1] // scales.shape[1] == BLOCK:  # with and without a software prefetch, as for floats
         kernels["rows.cpp"] = lambda x: rows_product(x, q, scales, bias)
+        kernels["rows.cpp+prefetch"] = lambda x: rows_product(x, q, scales, bias, ahead=PREFETCH)
     return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="widened")
 
 

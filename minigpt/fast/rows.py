@@ -30,10 +30,12 @@ from . import cpu
 from .cpu import LEVELS
 
 BLOCK = 32  # weights per int8 scale, and what a row's width must be a multiple of
-# How far ahead of its use the prefetching float kernel asks for a weight, in elements: 2 KB of
-# float32, about what one core must have in flight to stream at 10-20 GB/s against ~100 ns of
-# memory latency, whatever the CPU (1024 and 2048 measured within a few points of it).
-PREFETCH = 512
+# How far ahead of its use the prefetching kernel asks for a weight, in bytes, whatever the format:
+# about what one core must have in flight to stream at 10-20 GB/s against the 100-200 ns a VM's
+# memory takes. Products alone at one row, as a share of a plain read (docs/fast.md): on a Xeon
+# with AMX, int8 57% without, 63% at 1 KB, 76% at 2 KB, 85% at 4 KB; bfloat16 66, 83, 96, 97%;
+# on an AVX-512 EPYC float32 at 2, 4 and 8 KB within a few points of each other.
+PREFETCH = 4096
 MARCH = {"generic": ["-march=x86-64-v2"], "avx2": ["-march=x86-64-v3"], "avx512": ["-march=x86-64-v4"],
          "avx512_vnni": ["-march=x86-64-v4", "-mavx512vnni"]}  # gcc's names for each level (x86 only)
 
@@ -102,9 +104,9 @@ def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor 
     """x (... in) float32 -> x Wᵀ + b (... out) float32, as `format_product` computes it. weight
     (out in): float32, bfloat16, or int8 with float16 scales (out in/32), W = weight · scale of its
     block (x then rounded to 16-bit integers, one scale per row). `level`: the build to run
-    (cpu.LEVELS, up to this CPU's, which is the default). `ahead`: float32 or bfloat16 weights
-    asked for that many elements before their use (a software prefetch: rows.cpp says when it
-    helps), 0 for none; int8 reads none ahead. Check `fits` first."""
+    (cpu.LEVELS, up to this CPU's, which is the default). `ahead`: weights asked for that many
+    bytes before their use (a software prefetch: rows.cpp says when it helps), 0 for none. Check
+    `fits` first."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows in)
     empty = rows.new_empty(0)
     out = ops(level).rows_product(rows, weight, empty if scales is None else scales, empty if bias is None else bias, ahead)
