@@ -101,3 +101,37 @@ def test_a_corpus_of_another_vocabulary_is_refused(corpus, tmp_path):
     other = Recipe(model=GPTConfig(**{**vars(BASE), "vocab_size": 50257}), train=recipe().train)
     with pytest.raises(ValueError, match="the corpus's tokenizer has 2048 tokens"):
         run_experiment(tmp_path, corpus, other, [])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("rope ", "variant 'rope ' has spaces around a part: write it 'rope'"),
+    ("rope, rmsnorm", "write it 'rope,rmsnorm'"),
+])
+def test_a_variant_written_with_spaces_is_not_a_second_variant(name, message):
+    with pytest.raises(ValueError, match=message):
+        variant_config(BASE, name)
+
+
+@pytest.mark.parametrize("seeds", [(True,), (2**64,), (-1,), (), (0, 0), "0", (0.5,)])
+def test_seeds_torch_cannot_take_are_refused(seeds):
+    with pytest.raises(ValueError, match=r"seeds must be distinct integers in \[0, 2\^64\)"):
+        recipe(seeds=seeds)
+
+
+def test_what_is_not_a_corpus_a_recipe_or_a_list_of_variants_is_refused(corpus, tmp_path):
+    with pytest.raises(ValueError, match="corpus must be a TokenCorpus"):
+        run_experiment(tmp_path, None, recipe(), ["rope"])
+    with pytest.raises(ValueError, match="recipe must be a Recipe"):
+        run_experiment(tmp_path, corpus, {"seeds": [0]}, ["rope"])
+    with pytest.raises(ValueError, match="variants must be a list of names"):
+        run_experiment(tmp_path, corpus, recipe(), "rope")
+    assert not any(tmp_path.iterdir())  # nothing written by a refused call
+
+
+@pytest.mark.parametrize("written", ["[]", '{"variant": "baseline", "seed": 0, "cu', '{"variant": "rope", "seed": 0}'])
+def test_a_result_file_that_is_not_a_finished_runs_result_is_not_taken_for_one(corpus, tmp_path, written):
+    run_experiment(tmp_path, corpus, recipe(seeds=(0,)), [])
+    (tmp_path / "baseline-seed0" / "result.json").write_text(written)
+    with pytest.raises(ValueError, match="baseline-seed0/result.json (is not the result of run baseline from seed 0|"
+                                         "cannot be read as a run's result)"):
+        run_experiment(tmp_path, corpus, recipe(seeds=(0,)), [])

@@ -1,6 +1,8 @@
 """Reliability III, the part done so far: a hook that makes a logit NaN stops greedy and sampling
 instead of picking from it; a hook that returns another dtype is told so; the KV cache's `keep`
-refuses counts it does not hold; a `logits` hook edits a decoding step once, as it edits one pass."""
+refuses counts it does not hold; a `logits` hook edits a decoding step once, as it edits one pass;
+a hook on what a fused kernel never forms is an error even alone; the views refuse labels that do
+not match the positions and rows that are not in the batch."""
 
 from __future__ import annotations
 
@@ -101,3 +103,47 @@ def test_a_hook_alone_on_what_a_fused_kernel_never_forms_is_an_error_not_silence
     assert seen == []
     with net.hooks({point: seen.append}):  # a block with no pass in it asks nothing of the hook
         pass
+
+
+def traced():
+    net = model()
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(0))
+    return net, ids, net.trace(ids)
+
+
+@pytest.mark.parametrize("draw", ["head_view", "model_view", "attention_maps"])
+def test_a_view_refuses_labels_that_do_not_match_the_positions_and_a_row_not_in_the_batch(draw):
+    pytest.importorskip("plotly")
+    pytest.importorskip("matplotlib")
+    from minigpt import views
+    view = getattr(views.interactive if draw != "attention_maps" else views.figures, draw)
+    _, _, trace = traced()
+    tokens = ["a", "b", "c", "d", "e"]
+    with pytest.raises(ValueError, match="tokens has 2 labels but there are 5 positions"):
+        view(trace, ["a", "b"])
+    with pytest.raises(ValueError, match=r"row must be in \[0, 1\], got 5"):
+        view(trace, tokens, row=5)
+    with pytest.raises(ValueError, match="tokens must be a list of strings"):
+        view(trace, "abcde")
+    view(trace, tokens, row=1)  # the right ones draw
+
+
+def test_the_logit_lens_choice_and_tree_views_refuse_a_row_not_there():
+    pytest.importorskip("plotly")
+    pytest.importorskip("matplotlib")
+    from minigpt import analysis, views
+    net, ids, _ = traced()
+    lens = analysis.logit_lens(net, ids)
+    strings = lambda ids: [str(i) for i in ids]  # noqa: E731
+    with pytest.raises(ValueError, match=r"row must be in \[0, 1\], got 2"):
+        views.interactive.logit_lens_view(lens, ["a"] * 5, strings, row=2)
+    with pytest.raises(ValueError, match="tokens has 4 labels but there are 5 positions"):
+        views.figures.logit_lens(lens, ["a"] * 4, strings)
+    out = decoders.greedy(net, ids, max_new_tokens=3, alternatives=2)
+    with pytest.raises(ValueError, match=r"row must be in \[0, 1\], got -1"):
+        views.interactive.choices_view(out, strings, row=-1)
+    beams = decoders.beam_search(net, ids, num_beams=2, max_new_tokens=3, keep_tree=True)
+    with pytest.raises(ValueError, match=r"prompt must be in \[0, 1\], got 2"):
+        views.figures.beam_tree(beams, strings, prompt=2)
+    with pytest.raises(ValueError, match=r"total_heads must be in \[1, inf\), got 0"):
+        views.figures.pruning_curve(analysis.PruningCurve([(0, 1.0)]), 0)

@@ -66,6 +66,9 @@ def variant_config(base: GPTConfig, name: str) -> GPTConfig:
     """The baseline's config with the named variant's components swapped in ("baseline": none)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a variant is named by a string such as 'rope' or 'rmsnorm,swiglu', got {name!r:.40}")
+    written = ",".join(part.strip() for part in name.split(","))
+    if written != name:  # 'rope ' would be a second run of 'rope' under another name
+        raise ValueError(f"variant {name!r} has spaces around a part: write it {written!r}")
     if name == BASELINE:
         return base
     fields: dict[str, object] = {}
@@ -95,9 +98,13 @@ class Recipe:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
-                isinstance(s, int) and s >= 0 for s in self.seeds):
-            raise ValueError(f"seeds must be distinct non-negative integers, at least one, got {self.seeds!r:.60}")
+        if not isinstance(self.model, GPTConfig) or not isinstance(self.train, TrainConfig):
+            raise ValueError(f"a Recipe takes a GPTConfig and a TrainConfig, got {type(self.model).__name__} and "
+                             f"{type(self.train).__name__}")
+        if not isinstance(self.seeds, (tuple, list)) or not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**64 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct integers in [0, 2^64) (what torch.manual_seed takes), at least "
+                             f"one, got {self.seeds!r:.60}")
         if self.train.steps < self.train.eval_every:
             raise ValueError(f"a budget of {self.train.steps} steps is too small for one evaluation (every "
                              f"{self.train.eval_every} steps): raise the steps or evaluate more often")
@@ -127,6 +134,13 @@ def run_experiment(directory: str | Path, corpus: TokenCorpus, recipe: Recipe, v
     """Train the baseline and each variant from each seed (those not finished in `directory` yet)
     and return every run's result: variant, seed, parameters, tokens/s, and its held-out curve
     in bits per byte. report(variant, seed, record) after every step (trainer.py's records)."""
+    if not isinstance(corpus, TokenCorpus):
+        raise ValueError(f"corpus must be a TokenCorpus (TokenCorpus.open of a prepared directory), got "
+                         f"{type(corpus).__name__}")
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    if isinstance(variants, str) or not isinstance(variants, (list, tuple)):
+        raise ValueError(f"variants must be a list of names such as ['rope', 'rmsnorm,swiglu'], got {variants!r:.40}")
     configs = check_variants(recipe, variants)
     for name, tokens in (("training", corpus.train), ("held-out", corpus.held_out)):
         if len(tokens) < recipe.block + 1:
@@ -164,7 +178,7 @@ def train_one(run: Path, corpus: TokenCorpus, recipe: Recipe, name: str, config:
     """One variant from one seed: its result.json if it finished before, else trained (or resumed) now."""
     done = run / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return finished(done, name, seed)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = GPT(config)
@@ -188,6 +202,19 @@ def train_one(run: Path, corpus: TokenCorpus, recipe: Recipe, name: str, config:
     result["bits_per_byte"] = result["curve"][-1]["bits_per_byte"]
     write_text_atomically(done, json.dumps(result, indent=1) + "\n")
     state.unlink(missing_ok=True)  # the result is kept; the optimizer's state is not needed again
+    return result
+
+
+def finished(path: Path, name: str, seed: int) -> dict:
+    """A run's result.json as it was written, or one clear error: a file cut short or not a result
+    of this run is not taken for one."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} cannot be read as a run's result ({err}); delete it to train the run again") from None
+    wanted = {"variant", "seed", "curve", "bits_per_byte"}
+    if not isinstance(result, dict) or not wanted <= result.keys() or (result["variant"], result["seed"]) != (name, seed):
+        raise ValueError(f"{path} is not the result of run {name} from seed {seed}; delete it to train the run again")
     return result
 
 

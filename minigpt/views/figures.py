@@ -22,8 +22,10 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..analysis.pruning import PruningCurve
+from ..checks import check_int
 from ..model import Trace
 from ..training.experiment import by_variant
+from .checks import check_row, check_tokens, check_trace_view
 
 TokenStrings = Callable[[list[int]], list[str]]
 
@@ -32,6 +34,11 @@ def attention_maps(trace: Trace, tokens: list[str], row: int = 0, layer: int | N
                    head: int | None = None) -> Figure:
     """Attention patterns of one row of a trace: each map's rows are queries, its columns the keys
     they may look at, dark where a query looks. All heads of all layers, of one layer, or one head."""
+    check_trace_view(trace, tokens, row)
+    if layer is not None:
+        check_int("layer", layer, 0, len(trace.attentions) - 1)
+    if head is not None:
+        check_int("head", head, 0, max(p.shape[1] for p in trace.attentions) - 1)
     layers = range(len(trace.attentions)) if layer is None else [layer]
     cells = [(l, h) for l in layers for h in (range(trace.attentions[l].shape[1]) if head is None else [head])]
     columns = max(h for _, h in cells) + 1 if head is None else 1
@@ -87,6 +94,8 @@ def top_tokens(logits: Tensor, token_strings: TokenStrings) -> tuple[list[list[s
 def logit_lens(lens: Tensor, tokens: list[str], token_strings: TokenStrings, row: int = 0) -> Figure:
     """analysis.logit_lens (l+1 b t v) of one row: for each layer (rows) and position (columns), the
     token that layer would predict next, coloured by its probability."""
+    check_row(row, lens.shape[1])
+    check_tokens(tokens, lens.shape[2])
     texts, probs = top_tokens(lens[:, row], token_strings)  # (l+1) lists of t, (l+1 t)
     depth, t = probs.shape
     figure = Figure(figsize=(max(6.0, 0.9 * t + 2), max(3.0, 0.4 * depth + 1.5)))
@@ -107,6 +116,7 @@ def logit_lens(lens: Tensor, tokens: list[str], token_strings: TokenStrings, row
 def choices(generation, token_strings: TokenStrings, row: int = 0) -> Figure:
     """A Generation's choice table as a picture: one line per step, the chosen token first, then the
     alternatives the step remembered, each coloured by its probability; the entropy on the right."""
+    check_row(row, generation.sequences.shape[0])
     steps = int(generation.new_lengths[row])
     chosen = generation.new_tokens[row, :steps].tolist()
     alternatives = generation.alternatives[row, :steps]  # (new a)
@@ -130,6 +140,7 @@ def choices(generation, token_strings: TokenStrings, row: int = 0) -> Figure:
 
 def pruning_curve(curve: PruningCurve, total_heads: int) -> Figure:
     """The loss after each round of analysis.prune_by_importance, against the share of heads pruned."""
+    check_int("total_heads", total_heads, 1)
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
     axes.plot([100 * n / total_heads for n, _ in curve.points], [loss for _, loss in curve.points], marker="o")
@@ -166,6 +177,7 @@ def tree_layout(generation, token_strings: TokenStrings, prompt: int = 0) -> lis
     tree = generation.tree
     if tree is None:
         raise ValueError("this Generation keeps no tree: run beam_search(..., keep_tree=True)")
+    check_row(prompt, tree.steps[0].token.shape[0], "prompt")
     nodes: list[dict] = []
     beam_node: dict[int, int] = {}  # beam j of the step before -> its node
     for step, candidates in enumerate(tree.steps):

@@ -24,6 +24,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from ..model import Trace
+from .checks import check_row, check_tokens, check_trace_view
 from .figures import FATE_COLOURS, TokenStrings, top_tokens, tree_layout
 
 
@@ -75,6 +76,7 @@ def _pattern_text(tokens: list[str], weights: Tensor) -> list[list[str]]:
 def head_view(trace: Trace, tokens: list[str], row: int = 0) -> View:
     """One head's attention pattern at a time: pick the layer and the head; hover a cell to read
     which query token looks at which key, and how much."""
+    check_trace_view(trace, tokens, row)
     labels, t = _labels(tokens), len(tokens)
     figure = go.Figure()
     heads = [pattern.shape[1] for pattern in trace.attentions]
@@ -108,6 +110,7 @@ document.getElementById("head").addEventListener("change", show);
 
 def model_view(trace: Trace, tokens: list[str], row: int = 0) -> View:
     """Every head of every layer at once: rows are layers, columns heads; hover for the weights."""
+    check_trace_view(trace, tokens, row)
     n_layer, n_head = len(trace.attentions), max(p.shape[1] for p in trace.attentions)
     figure = make_subplots(rows=n_layer, cols=n_head, horizontal_spacing=0.01, vertical_spacing=0.01,
                            row_titles=[f"layer {i}" for i in range(n_layer)],
@@ -128,6 +131,8 @@ def model_view(trace: Trace, tokens: list[str], row: int = 0) -> View:
 def logit_lens_view(lens: Tensor, tokens: list[str], token_strings: TokenStrings, row: int = 0) -> View:
     """analysis.logit_lens of one row: for each layer and position the token that layer would
     predict next, coloured by its probability."""
+    check_row(row, lens.shape[1])
+    check_tokens(tokens, lens.shape[2])
     texts, probs = top_tokens(lens[:, row], token_strings)
     depth, t = probs.shape
     figure = go.Figure(go.Heatmap(z=probs.tolist(), x=list(range(t)), y=list(range(depth)), colorscale="Greens", zmin=0,
@@ -144,6 +149,7 @@ def logit_lens_view(lens: Tensor, tokens: list[str], token_strings: TokenStrings
 def choices_view(generation, token_strings: TokenStrings, row: int = 0) -> View:
     """A generation step by step: the token chosen, then the alternatives the step remembered, each
     coloured by its probability; hover for the probability and the step's entropy."""
+    check_row(row, generation.sequences.shape[0])
     steps = int(generation.new_lengths[row])
     chosen = generation.new_tokens[row, :steps].tolist()
     alternatives = generation.alternatives[row, :steps].tolist()
