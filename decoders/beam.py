@@ -277,8 +277,9 @@ class BeamSearch:
         improvable = still_improvable(pool, best, improvable, self.early_stopping, self.length_penalty,  # 5.
                                       step + 1, self.max_new_tokens)
         if last and not self.conventions.last_step_ends:  # 4.55.4's finalize: a group's running beams join
-            pool, _ = update_finished(pool, running, torch.ones_like(running.finished), k, step, self.length_penalty,
-                                      ~improvable)
+            pool, joined = update_finished(pool, running, torch.ones_like(running.finished), k, step,
+                                           self.length_penalty, ~improvable)
+            self.recorder.finished_at_the_end(g * self.candidates, chosen, joined)
         return running, pool, improvable, parent.gather(1, chosen)
 
     def cache_rows(self, rows: list[Tensor]) -> Tensor:

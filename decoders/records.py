@@ -141,6 +141,13 @@ class BeamRecorder:
             self.tree.steps[-1] = TreeStep(*(torch.cat([getattr(last, f), getattr(part, f)], dim=1)
                                              for f in ("parent", "token", "score", "fate")))
 
+    def finished_at_the_end(self, first: int, chosen: Tensor, joined: Tensor) -> None:
+        """With keep_tree, 4.55.4's finalize: after the last step each running beam, the candidate
+        `chosen` (b k) of its group (whose first candidate is `first` over every group's), joined
+        the pool or, the search going no further, was dropped; `joined` (b k) says which."""
+        if self.tree is not None:
+            self.tree.steps[-1].fate.scatter_(1, chosen + first, torch.where(joined, FINISHED, DROPPED))
+
     def values(self, paths: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         """The records of hypotheses (b r) whose candidate at each step is `paths` (b r new), over every
         group's candidates, `lengths` (b r) steps long: (b r new ...) each, zeros past a hypothesis' end."""

@@ -2,7 +2,8 @@
 instead of picking from it; a hook that returns another dtype is told so; the KV cache's `keep`
 refuses counts it does not hold; a `logits` hook edits a decoding step once, as it edits one pass;
 a hook on what a fused kernel never forms is an error even alone; the views refuse labels that do
-not match the positions and rows that are not in the batch."""
+not match the positions and rows that are not in the batch; a beam tree's returned hypotheses end
+as finished (diverse beam search's last running beams included)."""
 
 from __future__ import annotations
 
@@ -147,3 +148,22 @@ def test_the_logit_lens_choice_and_tree_views_refuse_a_row_not_there():
         views.figures.beam_tree(beams, strings, prompt=2)
     with pytest.raises(ValueError, match=r"total_heads must be in \[1, inf\), got 0"):
         views.figures.pruning_curve(analysis.PruningCurve([(0, 1.0)]), 0)
+
+
+@pytest.mark.parametrize("decode", [
+    lambda m, ids: decoders.diverse_beam_search(m, ids, num_beams=4, num_beam_groups=2, diversity_penalty=1.0,
+                                                max_new_tokens=5, num_return_sequences=4, keep_tree=True),
+    lambda m, ids: decoders.beam_search(m, ids, num_beams=3, max_new_tokens=5, num_return_sequences=3, keep_tree=True),
+])
+def test_every_returned_hypothesis_ends_in_the_tree_as_finished(decode):
+    """A returned row's last candidate joined the pool (fate FINISHED), in beam search and in diverse
+    beam search, whose last step's running beams join the pool after the step (4.55.4's finalize)."""
+    from decoders.records import FINISHED
+    net = model()
+    ids = torch.randint(0, 50, (2, 4), generator=torch.Generator().manual_seed(3))
+    out = decode(net, ids)
+    returned = out.sequences.shape[0] // 2
+    for row in range(out.sequences.shape[0]):
+        last = int(out.new_lengths[row]) - 1
+        candidate = int(out.paths[row, last])
+        assert int(out.tree.steps[last].fate[row // returned, candidate]) == FINISHED, (row, last)
