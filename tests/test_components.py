@@ -221,6 +221,25 @@ def test_a_swapped_config_is_not_a_gpt2_to_transformers_and_a_plain_one_still_is
     assert GPTConfig.from_hf_dict(swapped).position == "rope"
 
 
+def test_which_transformers_calls_refuse_a_swapped_checkpoint_is_what_the_readme_says(tmp_path):
+    """The Auto classes refuse model_type 'minigpt'; GPT2LMHeadModel.from_pretrained, called directly,
+    loads it with wpe newly initialized and other logits (the README says so, and points at load_gpt2)."""
+    transformers = pytest.importorskip("transformers")
+    from weights import load_gpt2, save_gpt2
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=10, n_positions=8, position="rope")).eval()
+    save_gpt2(model, tmp_path)
+    for auto in (transformers.AutoConfig, transformers.AutoModel, transformers.AutoModelForCausalLM):
+        with pytest.raises(ValueError, match="model type `minigpt`"):
+            auto.from_pretrained(tmp_path)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert not torch.allclose(theirs(ids).logits, model(ids), atol=1e-3)
+        assert torch.equal(load_gpt2(tmp_path)(ids), model(ids))
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(n_head=4, n_kv_head=3), "n_kv_head (3) must divide n_head (4)"),
     (dict(n_head=2, n_kv_head=4), "n_kv_head must be"),
