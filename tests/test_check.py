@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import pytest

@@ -23,7 +23,7 @@ from decoders.processors import keep_top_k, keep_top_p
 
 from ..config import GPTConfig
 from ..model import GPT
-from .modules import TOLERANCE, differs, first_match, lively, safely
+from .modules import TOLERANCE, diagnose, differs, lively, safely
 from .properties import holds, once
 from .report import Finding
 from .variants import TOP_K, TOP_P
@@ -90,7 +90,7 @@ def filter_suite(fn: Callable, amount_name: str) -> tuple[list[Finding], str | N
     fixed = [0.3, 0.6, 0.9] if amount_name == "top_p" else [1, 3, 7]
     def outputs(f: Callable) -> Tensor:
         return torch.cat([kept(f(logits_table(4, 30, seed=3).clone(), amount)).flatten() for amount in fixed])
-    return findings, first_match(safely(lambda: outputs(fn)), outputs(reference), probes, outputs)
+    return findings, diagnose(fn, reference, probes, outputs)
 
 
 # ---- sampling -----------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def decoder_suite(fn: Callable) -> tuple[list[Finding], str | None]:
 
     def outputs(f: Callable) -> Tensor:
         return sequences(f, model, prompt, 6).float()
-    return findings, first_match(safely(lambda: outputs(fn)), outputs(greedy_reference), DECODER_PROBES, outputs)
+    return findings, diagnose(fn, greedy_reference, DECODER_PROBES, outputs)
 
 
 # ---- attention entropy ------------------------------------------------------------------------------
@@ -294,4 +294,4 @@ def entropy_suite(fn: Callable) -> tuple[list[Finding], str | None]:
 
     def outputs(f: Callable) -> Tensor:
         return f(patterns(2, 2, 5, seed=1)).float()
-    return findings, first_match(safely(lambda: outputs(fn)), outputs(entropy_reference), ENTROPY_PROBES, outputs)
+    return findings, diagnose(fn, entropy_reference, ENTROPY_PROBES, outputs)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..config import GPTConfig
 from ..model import GPT
-from .modules import TOLERANCE, differs, first_match, lively, safely
+from .modules import TOLERANCE, diagnose, differs, lively
 from .properties import holds, once
 from .report import Finding
 
@@ -84,4 +84,4 @@ def importance_suite(fn: Callable) -> tuple[list[Finding], str | None]:
 
     def outputs(f: Callable) -> Tensor:
         return f(model, tokens(3, 9, seed=5)).detach().float()
-    return findings, first_match(safely(lambda: outputs(fn)), outputs(gate_gradient), IMPORTANCE_PROBES, outputs)
+    return findings, diagnose(fn, gate_gradient, IMPORTANCE_PROBES, outputs)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from ..attention import explicit_attention
-from .modules import TOLERANCE, differs, first_match, safely
+from .modules import TOLERANCE, diagnose, differs, safely
 from .properties import holds
 from .report import Finding
 from .variants import ATTEND
@@ -127,5 +127,4 @@ def kernel_suite(attend: Callable) -> tuple[list[Finding], str | None]:
                 if pattern else Finding("the pattern's rows sum to 1 over the keys",
                                         skipped="the kernel does not pass its pattern through at.hook_pattern"),
                 holds("equals softmax(q kᵀ / sqrt(d)) v over the allowed keys", "unknown", SHAPES, equals)]
-    return findings, first_match(safely(lambda: probe_outputs(attend)), probe_outputs(explicit_attention), ATTEND,
-                                 probe_outputs)
+    return findings, diagnose(attend, explicit_attention, ATTEND, probe_outputs)

@@ -24,6 +24,7 @@ from ..config import GPTConfig
 from ..model import GPT, visibility
 from .properties import crashed, holds, once
 from .report import Finding
+from .variants import module_probes
 
 CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=32, vocab_size=96, n_positions=32)  # heads 8 wide
 Factory = Callable[[GPTConfig], nn.Module]
@@ -172,7 +173,7 @@ def cached(model: GPT) -> Finding:
                  test)
 
 
-def equals_gpt2(model: GPT, reference: GPT, load_problem: str | None, cause: str) -> Finding:
+def equals_gpt2(model: GPT, reference: GPT, load_problem: str | None) -> Finding:
     name = "with GPT-2's weights it computes GPT-2's activations"
     if load_problem is not None:
         return Finding(name, failure=load_problem, cause="gpt2-names")
@@ -189,7 +190,7 @@ def equals_gpt2(model: GPT, reference: GPT, load_problem: str | None, cause: str
             if gap > TOLERANCE:
                 return f"{point} differs from GPT-2's by {gap:.2g} (the first layer that differs)"
         return None
-    return once(name, cause, test)
+    return once(name, "unknown", test)
 
 
 def gradients(model: nn.Module, pieces: list[nn.Module], loss: Callable[[], Tensor]) -> Finding:
@@ -283,11 +284,15 @@ def first_match(mine: Tensor, reference: Tensor, probes: dict[str, list], output
     return None
 
 
+def diagnose(piece: object, reference: object, probes: dict[str, list], outputs: Callable) -> str | None:
+    """first_match for a piece the suite runs itself: its outputs (NaN where it raises) against the
+    reference's, then each probe's, all by `outputs`."""
+    return first_match(safely(lambda: outputs(piece)), outputs(reference), probes, outputs)
+
+
 def module_suite(kind: str, piece: Factory) -> tuple[list[Finding], str | None]:
     """Every property of this kind of module, and the probe that matches it (None: none does, or
     it is right)."""
-    from .variants import module_probes  # the probes build blocks, which import this package's neighbours
-
     torch.manual_seed(0)
     reference = lively(GPT(CONFIG), seed=1)
     try:
@@ -302,7 +307,7 @@ def module_suite(kind: str, piece: Factory) -> tuple[list[Finding], str | None]:
     probes = module_probes(kind, CONFIG)
     if kind in ("attention", "block"):
         findings += [causal(model), padding(model), cached(model)]
-        findings.append(equals_gpt2(model, reference, load_problem, "unknown"))
+        findings.append(equals_gpt2(model, reference, load_problem))
         parts = [block if kind == "block" else block.attn for block in model.blocks]
         findings.append(gradients(model, parts, model_loss(model)))
         if kind == "attention":
@@ -313,11 +318,12 @@ def module_suite(kind: str, piece: Factory) -> tuple[list[Finding], str | None]:
         theirs_module = {"mlp": reference.blocks[0].mlp, "norm": reference.blocks[0].ln_1}[kind]
         findings.append(position_wise(kind, own))
         mine, theirs = safely(lambda: direct_outputs(kind, own)), direct_outputs(kind, theirs_module)
-        gap = differs(mine, theirs)
-        findings.append(Finding(f"with GPT-2's weights it computes GPT-2's {kind}") if load_problem is None and
-                        gap <= TOLERANCE else Finding(f"with GPT-2's weights it computes GPT-2's {kind}",
-                                                      failure=load_problem or f"differs from GPT-2's by {gap:.2g}",
-                                                      cause="gpt2-names" if load_problem else "unknown"))
+        same, gap = Finding(f"with GPT-2's weights it computes GPT-2's {kind}"), differs(mine, theirs)
+        if load_problem is not None:
+            same.failure, same.cause = load_problem, "gpt2-names"
+        elif gap > TOLERANCE:
+            same.failure, same.cause = f"differs from GPT-2's by {gap:.2g}", "unknown"
+        findings.append(same)
         x = stream(2, 6, seed=9)
         findings.append(gradients(own, [own], lambda: (call(kind, own, x) * x).sum()))
 

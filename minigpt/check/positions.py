@@ -16,7 +16,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from .modules import TOLERANCE, differs, first_match, safely
+from .modules import TOLERANCE, diagnose, differs
 from .properties import holds
 from .report import Finding
 
@@ -73,4 +73,4 @@ def positions_suite(fn: Callable) -> tuple[list[Finding], str | None]:
 
     def outputs(f: Callable) -> Tensor:
         return f(40, 16).float()
-    return findings, first_match(safely(lambda: outputs(fn)), outputs(sinusoids), POSITION_PROBES, outputs)
+    return findings, diagnose(fn, sinusoids, POSITION_PROBES, outputs)

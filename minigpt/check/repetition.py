@@ -17,7 +17,7 @@ from torch import Tensor
 
 from decoders.processors import penalize_repeats
 
-from .modules import TOLERANCE, differs, first_match, safely
+from .modules import TOLERANCE, diagnose, differs
 from .properties import holds
 from .report import Finding
 
@@ -83,4 +83,4 @@ def repetition_suite(fn: Callable) -> tuple[list[Finding], str | None]:
     def outputs(f: Callable) -> Tensor:
         logits, tokens = history(3, 20, 12, seed=1)
         return f(logits.clone(), tokens, 1.7)
-    return findings, first_match(safely(lambda: outputs(fn)), outputs(reference), REPETITION_PROBES, outputs)
+    return findings, diagnose(fn, reference, REPETITION_PROBES, outputs)
