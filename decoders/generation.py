@@ -158,4 +158,23 @@ def sequence_logprob(model, sequences: Tensor, prompt_length: int, attention_mas
     logprobs = logits[:, prompt_length - 1 : -1].float().log_softmax(dim=-1)  # predictions of the new tokens
     targets = sequences[:, prompt_length:]
     picked = logprobs.gather(-1, targets[..., None])[..., 0]  # (b new)
-    return (picked * real[:, prompt_length:]).sum(dim=1)
+    total = (picked * real[:, prompt_length:]).sum(dim=1)
+    if torch.is_grad_enabled() and not total.requires_grad:  # no weight of the model takes a gradient
+        return NoGradient.apply(total, torch.zeros((), requires_grad=True))
+    return total
+
+
+class NoGradient(torch.autograd.Function):
+    """A score with no graph behind it (the model's weights are packed for inference, or frozen):
+    the value passes through, and a backward pass says why there is no gradient instead of
+    torch's "does not require grad"."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, anchor: Tensor) -> Tensor:  # anchor: what makes autograd call backward
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        raise ValueError("sequence_logprob has no gradient here: no weight of the model requires one. An optimized "
+                         "model (minigpt.fast) has its weights packed for inference: take gradients on the model "
+                         "as loaded; a frozen model needs requires_grad_() on what should learn")

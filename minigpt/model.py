@@ -25,10 +25,11 @@ from torch import Tensor, nn
 
 from .block import Block, gpt2_block
 from .boundary import check_construction, check_inputs, check_output
+from .checks import real_tokens
 from .components import RMSNorm, make_norm, make_positions
 from .config import GPTConfig
 from .embedding import TokenEmbedding
-from .head_mask import head_gates
+from .head_mask import head_gates, kept_heads
 from .hooks import HookFn, HookPoint, attached, check_names, hook_points, hooks, not_reached
 from .kv_cache import KVCache
 
@@ -41,8 +42,11 @@ class Trace:
     # n_layer + 1 of (b t e): the embeddings, then each block's output. The last is *before* the
     # final LayerNorm; `after_ln_f` is the same state after it (transformers' last hidden state).
     hidden_states: list[Tensor]
-    attentions: list[Tensor]  # n_layer of (b h t s); h is that layer's head count (fewer if pruned)
+    # n_layer of (b n_head t s), heads under their original numbers: a head that analysis.prune_heads
+    # removed has no attention, and its maps are NaN (drawn as "pruned" by the views)
+    attentions: list[Tensor]
     after_ln_f: Tensor  # (b t e): ln_f(hidden_states[-1]), the input of the tied output head
+    real: Tensor  # (b t) bool: which positions hold real tokens (attention_mask), not padding
 
 
 class GPT(nn.Module):
@@ -163,7 +167,18 @@ class GPT(nn.Module):
                  "ln_f"]
         logits, acts = self.run_with_cache(input_ids, attention_mask, names=names, head_mask=head_mask)
         return Trace(logits, hidden_states=[acts["embed"], *(acts[f"blocks.{i}.resid_post"] for i in layers)],
-                     attentions=[acts[f"blocks.{i}.attn.pattern"] for i in layers], after_ln_f=acts["ln_f"])
+                     attentions=[self.every_head(i, acts[f"blocks.{i}.attn.pattern"]) for i in layers],
+                     after_ln_f=acts["ln_f"], real=real_tokens(input_ids, attention_mask))
+
+    def every_head(self, layer: int, pattern: Tensor) -> Tensor:
+        """A layer's pattern (b h t s), h the heads it kept, as (b n_head t s) under the original head
+        numbers, NaN where a head was pruned."""
+        kept = kept_heads(self, layer)
+        if len(kept) == self.config.n_head:
+            return pattern
+        full = pattern.new_full((pattern.shape[0], self.config.n_head, *pattern.shape[2:]), float("nan"))
+        full[:, kept] = pattern
+        return full
 
     @property
     def device(self) -> torch.device:

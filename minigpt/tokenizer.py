@@ -116,6 +116,10 @@ class Tokenizer:
             raise ValueError(f"vocabulary {vocab_file}: symbol {bad!r} has id {encoder[bad]!r}; ids are integers >= 0")
         if len(set(encoder.values())) != len(encoder):
             raise ValueError(f"vocabulary {vocab_file} gives the same id to two symbols")
+        if max(encoder.values()) != len(encoder) - 1:  # distinct ids >= 0 whose largest is n - 1: exactly 0 .. n-1
+            raise ValueError(f"vocabulary {vocab_file}: its {len(encoder)} ids must run from 0 to {len(encoder) - 1} with "
+                             f"no gap (a model's vocabulary is a table of that many rows); its largest is "
+                             f"{max(encoder.values())}")
         stand_ins = set(bytes_to_unicode().values())
         foreign = next((symbol for symbol in encoder if not set(symbol) <= stand_ins), None)
         if foreign is not None:  # decode maps each character back to a byte: any other character has none
@@ -228,8 +232,9 @@ class Tokenizer:
     def token_strings(self, ids: list[int] | torch.Tensor) -> list[str]:
         """Each id as the text it stands for, one string per token (what a picture labels its rows
         with): [' there', ' is'] rather than the vocabulary's stand-in symbols ['Ġthere', 'Ġis'].
-        A token that is part of a multi-byte character shows U+FFFD."""
-        return [self.decode_bytes([i]).decode("utf-8", errors="replace") for i in self._checked_ids(ids)]
+        A token that is only part of a multi-byte character shows its bytes, '\\xe2\\x80', not U+FFFD:
+        the tokens of one character stay told apart."""
+        return [self.decode_bytes([i]).decode("utf-8", errors="backslashreplace") for i in self._checked_ids(ids)]
 
     def _checked_ids(self, ids: list[int] | torch.Tensor) -> list[int]:
         """The ids as a checked list of ints (a 1-D tensor or a list)."""

@@ -106,10 +106,19 @@ SHIPPED = SHAKESPEARE  # the small model trained on Shakespeare, in weights/shak
 SHIPPED_DRAFT = SHAKESPEARE_DRAFT  # its draft for speculative decoding (2 layers, 128 wide)
 
 
+def thread_count(text: str) -> int:
+    """--threads: from 1 to this machine's CPUs; more only take turns on them, each step waiting for
+    the slowest (1000 threads on 2 cores trained at 5 tokens/s)."""
+    value, cpus = positive_int(text), os.cpu_count() or 1
+    if value > cpus:
+        raise argparse.ArgumentTypeError(f"must be at most {cpus}, this machine's CPUs; got {value}")
+    return value
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """--threads, which `run` applies. torch starts one thread per core (or OMP_NUM_THREADS); on a
     machine busy with other work fewer can be much faster, since each step waits for its slowest thread."""
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=thread_count, default=None,
                         help=f"CPU threads torch uses (default {torch.get_num_threads()}: one per core, or OMP_NUM_THREADS; "
                              "on a busy machine 1 can be faster)")
 

@@ -236,9 +236,12 @@ def test_pruning_equals_masking_for_logits_and_every_decoder(case):
         assert max_abs_diff(pruned(ids, attention_mask=mask)[real], expected[real]) <= 1e-5
         # head_mask keeps the original numbering on a pruned model: masking a pruned head changes nothing
         assert max_abs_diff(pruned(ids, attention_mask=mask, head_mask=head_mask)[real], expected[real]) <= 1e-5
-    trace = pruned.trace(ids, mask)
-    assert [a.shape[1] for a in trace.attentions] == [model.config.n_head - len(heads.get(i, []))
-                                                      for i in range(model.config.n_layer)]
+    trace, unpruned = pruned.trace(ids, mask), model.trace(ids, mask, head_mask=head_mask)
+    for layer, (pattern, before) in enumerate(zip(trace.attentions, unpruned.attentions)):  # original head numbers
+        gone = heads.get(layer, [])
+        kept = [h for h in range(model.config.n_head) if h not in gone]
+        assert pattern.shape == before.shape and pattern[:, gone].isnan().all()
+        assert max_abs_diff(pattern[:, kept], before[:, kept]) <= 1e-5
     options = dict(attention_mask=mask, max_new_tokens=5)
     assert torch.equal(decoders.greedy(pruned, ids, **options).sequences, decoders.greedy(masked, ids, **options).sequences)
     beam = dict(options, num_beams=2, num_return_sequences=2)
@@ -341,3 +344,22 @@ def test_choices_never_list_a_token_a_processor_removed():
     for step in range(4):
         listed = table.splitlines()[step + 1].split()[3::2]  # the alternative ids of that step
         assert len(listed) == 2 and all(int(i) >= 0 for i in listed)
+
+
+def test_mask_and_recompute_stops_at_one_head_a_layer_and_pruning_takes_what_it_found():
+    """The course's flow: close the least important head, measure again, repeat; then prune what the
+    loop closed. The loop never closes a layer's last head, as pruning never removes it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, n_positions=16, n_embd=16, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    mask, rounds = None, 0
+    with pytest.raises(ValueError, match="every layer is down to one open head"):
+        while True:
+            mask = analysis.mask_least_important(model, [(ids, None)], mask)
+            rounds += 1
+    assert rounds == 2 * 3 and mask.sum(dim=1).tolist() == [1, 1]
+    pruned = analysis.prune_heads(copy.deepcopy(model), analysis.masked_heads(mask))
+    with torch.no_grad():
+        assert max_abs_diff(pruned(ids), model(ids, head_mask=mask)) <= 1e-5
+    with pytest.raises(ValueError, match=r"head_mask must have shape \(2, 4\)"):
+        analysis.mask_least_important(model, [(ids, None)], torch.ones(4, 2))

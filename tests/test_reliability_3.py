@@ -1,18 +1,28 @@
-"""Reliability III, the part done so far: a hook that makes a logit NaN stops greedy and sampling
-instead of picking from it; a hook that returns another dtype is told so; the KV cache's `keep`
-refuses counts it does not hold; a `logits` hook edits a decoding step once, as it edits one pass;
-a hook on what a fused kernel never forms is an error even alone; the views refuse labels that do
-not match the positions and rows that are not in the batch; a beam tree's returned hypotheses end
-as finished (diverse beam search's last running beams included)."""
+"""Reliability III: a hook that makes a logit NaN stops greedy and sampling instead of picking from
+it; a hook that returns another dtype is told so; the KV cache's `keep` refuses counts it does not
+hold; a `logits` hook edits a decoding step once, as it edits one pass; a hook on what a fused
+kernel never forms is an error even alone; the views refuse labels that do not match the
+positions, rows that are not in the batch and things that are not what they draw; a beam tree's
+returned hypotheses end as finished (diverse beam search's last running beams included); a
+damaged corpus is refused when opened (before a training step); a score of an optimized model
+says why it has no gradient. tests/test_views_truth.py has what the views draw."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 import decoders
 from minigpt import GPT, GPTConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=32)
 
 
@@ -167,3 +177,90 @@ def test_every_returned_hypothesis_ends_in_the_tree_as_finished(decode):
         last = int(out.new_lengths[row]) - 1
         candidate = int(out.paths[row, last])
         assert int(out.tree.steps[last].fate[row // returned, candidate]) == FINISHED, (row, last)
+
+
+def corpus(tmp_path, change=None) -> Path:
+    """A small prepared corpus; `change(info, directory)` damages it."""
+    from minigpt.training import Document, prepare
+    from weights import load_tokenizer
+
+    prepare([Document("train", ["So foul and fair a day I have not seen. " * 20]), Document("held_out", ["Fair is foul. " * 5])],
+            load_tokenizer("gpt2"), tmp_path)
+    info = json.loads((tmp_path / "corpus.json").read_text())
+    if change is not None:
+        change(info, tmp_path)
+        (tmp_path / "corpus.json").write_text(json.dumps(info))
+    return tmp_path
+
+
+def bad_id(info, directory):
+    with (directory / "train.bin").open("r+b") as file:
+        file.write(np.array([50257], dtype=np.uint16).tobytes())  # one past GPT-2's last token
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda info, d: info.pop("bytes"), "no count of bytes for each split"),
+    (lambda info, d: info.update(eot_id=70000), r"eot_id \(70000\) is not a token of its vocabulary of 50257"),
+    (lambda info, d: info.update(eot_id=True), r"eot_id \(True\) is not a token"),
+    (bad_id, "train.bin holds token id 50257, past its vocabulary of 50257"),
+])
+def test_a_damaged_corpus_is_refused_when_opened_not_after_training(tmp_path, change, says):
+    from minigpt.training import TokenCorpus
+
+    directory = corpus(tmp_path, change)
+    with pytest.raises(ValueError, match=says):
+        TokenCorpus.open(directory)
+
+
+def test_a_named_pipe_as_corpus_json_is_refused_not_waited_on(tmp_path):
+    from minigpt.training import TokenCorpus
+
+    directory = corpus(tmp_path)
+    (directory / "corpus.json").unlink()
+    os.mkfifo(directory / "corpus.json")
+    with pytest.raises(ValueError, match="its corpus.json is not a regular file"):
+        TokenCorpus.open(directory)
+
+
+def test_train_on_a_corpus_without_byte_counts_stops_before_the_first_step_and_writes_nothing(tmp_path):
+    directory = corpus(tmp_path / "corpus", lambda info, d: info.pop("bytes"))
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "--data", str(directory), "--out", str(out),
+                           "--steps", "2", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block", "16"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "no count of bytes" in done.stderr and not out.exists()
+
+
+def test_a_score_of_an_optimized_model_says_why_it_has_no_gradient():
+    from minigpt.fast import optimize
+
+    net = model()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    fast = optimize(model(), weights="int8")
+    score = decoders.sequence_logprob(fast, ids, 3)
+    with torch.no_grad():
+        assert torch.equal(score.detach(), decoders.sequence_logprob(fast, ids, 3))  # the value as without the guard
+    with pytest.raises(ValueError, match="no weight of the model requires one. An optimized model"):
+        score.sum().backward()
+    decoders.sequence_logprob(net, ids, 3).sum().backward()  # the readable model's has its gradient
+    assert net.wte.weight.grad is not None
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda v, f, t: v.head_view([[1, 2]], ["a"]), "trace must be what model.trace"),
+    (lambda v, f, t: f.attention_maps({"attentions": []}, ["a"]), "trace must be what model.trace"),
+    (lambda v, f, t: v.logit_lens_view([[1.0]], ["a"], str), "lens must be analysis.logit_lens's"),
+    (lambda v, f, t: f.logit_lens(torch.zeros(3, 5), ["a"], str), r"got shape \(3, 5\)"),
+    (lambda v, f, t: v.choices_view([1, 2], str), "generation must be what a decoder returns"),
+    (lambda v, f, t: f.beam_tree(None, str), "generation must be what a decoder returns"),
+    (lambda v, f, t: f.head_heatmap([[0.1]], "x", "y"), "values must be a"),
+    (lambda v, f, t: f.pruning_curve([(0, 1.0)], 4), "curve must be what analysis.prune_by_importance returns"),
+    (lambda v, f, t: v.head_view(t, ["a"] * 5).save(None), "save takes a file path, got NoneType"),
+])
+def test_a_view_given_the_wrong_kind_of_thing_says_what_it_wants(call, says):
+    pytest.importorskip("plotly")
+    pytest.importorskip("matplotlib")
+    from minigpt import views
+    with pytest.raises(ValueError, match=says):
+        call(views, views.figures, traced()[2])

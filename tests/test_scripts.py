@@ -211,6 +211,7 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("experiment.py", ["--variant", "rotary", "--out", "{empty}/x"], "unknown variant 'rotary' in 'rotary'; known: learned"),
     ("experiment.py", ["--variant", "gqa:3", "--out", "{empty}/x"], "n_kv_head (3) must divide n_head (4)"),
     ("experiment.py", ["--variant", "alibi,learned", "--out", "{empty}/x"], "alibi and learned both set the model's position"),
+    ("experiment.py", ["--threads", "100000", "--out", "{empty}/x"], "--threads: must be at most"),
     ("experiment.py", ["--variant", "window:0", "--out", "{empty}/x"], "window:0: after the colon comes a positive"),
     ("experiment.py", ["--steps", "3", "--out", "{empty}/x"], "--steps 3 is too small for --evals 4"),
     ("experiment.py", ["--variant", "rope", "--variant", "rope", "--out", "{empty}/x"], "a variant is named twice"),

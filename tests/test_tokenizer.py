@@ -176,7 +176,7 @@ def test_bad_input_is_named(call, message):
         call(ours())
 
 
-BYTES = ", ".join(f"{json.dumps(symbol)}: {i + 10}" for i, symbol in enumerate(bytes_to_unicode().values()))
+BYTES = ", ".join(f"{json.dumps(symbol)}: {i + 1}" for i, symbol in enumerate(bytes_to_unicode().values()))  # ids 1-256
 
 
 @pytest.mark.parametrize("vocab, merges, message", [
@@ -185,8 +185,9 @@ BYTES = ", ".join(f"{json.dumps(symbol)}: {i + 10}" for i, symbol in enumerate(b
     ('{"a": 0, "b": true}', "a b", "symbol 'b' has id True"),
     ('{"a": 0, "b": 0, "ab": 2}', "a b", "gives the same id to two symbols"),
     ('{"a": 0, "b": 1, "ab": 2}', "a b", r"vocabulary .*vocab.json lacks 254 of the 256 byte symbols"),
-    ('{"ab": 2, BYTES}', "#version: 0.2\na b\na b c", r"merges .*merges.txt line 3 is not two symbols"),
-    ('{"ab": 2, BYTES}', "a b\nb a", r"merges .*merges.txt line 2: the merged symbol 'ba' is not in the vocabulary"),
+    ('{"ab": 0, BYTES}', "#version: 0.2\na b\na b c", r"merges .*merges.txt line 3 is not two symbols"),
+    ('{"ab": 0, BYTES}', "a b\nb a", r"merges .*merges.txt line 2: the merged symbol 'ba' is not in the vocabulary"),
+    ('{"ab": 300, BYTES}', "a b", r"its 257 ids must run from 0 to 256 with no gap .* its largest is 300"),
 ])
 def test_malformed_files_name_the_file_and_line(tmp_path, vocab, merges, message):
     (tmp_path / "vocab.json").write_text(vocab.replace("BYTES", BYTES))

@@ -79,7 +79,7 @@ def browser():
 
 
 def test_every_view_renders_its_tokens_offline_without_errors(shown, browser, tmp_path):
-    expected = {"head": "4:' light'", "model": "head 3", "lens": "ROMEO", "choices": "chosen", "tree": "dropped"}
+    expected = {"head": "4:␣light", "model": "head 3", "lens": "ROMEO", "choices": "chosen", "tree": "dropped"}
     for name, view in every_view(shown).items():
         page, seen = open_offline(browser, view.save(tmp_path / f"{name}.html"))
         drawn = page.inner_text("#figure")

@@ -24,10 +24,10 @@ def attention_entropy(model: GPT, input_ids: Tensor, attention_mask: Tensor | No
     real = real_tokens(input_ids, attention_mask)
     config = model.config
     entropy = torch.full((config.n_layer, config.n_head), float("nan"), device=input_ids.device)
-    for layer, pattern in enumerate(trace.attentions):  # (b h t s)
-        p = pattern.float()
+    for layer, pattern in enumerate(trace.attentions):  # (b h t s), NaN for a pruned head
+        kept = kept_heads(model, layer)
+        p = pattern[:, kept].float()
         p_log_p = torch.where(p > 0, p * p.log(), 0.0)  # 0·log 0 is 0, not NaN
         per_query = -p_log_p.sum(dim=-1)  # (b h t)
-        mean = (per_query * real[:, None]).sum(dim=(0, 2)) / real.sum()  # (h): over real queries
-        entropy[layer, kept_heads(model, layer)] = mean
+        entropy[layer, kept] = (per_query * real[:, None]).sum(dim=(0, 2)) / real.sum()  # (h): over real queries
     return entropy

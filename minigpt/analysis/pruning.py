@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import CausalSelfAttention
-from ..checks import check_float, check_int
+from ..checks import check_finite_tensor, check_float, check_int
 from ..head_mask import kept_heads
 from ..model import GPT
 from .importance import head_importance
@@ -53,7 +53,8 @@ def prune_heads(model: GPT, heads: dict[int, list[int]]) -> GPT:
         if gone:
             raise ValueError(f"head {gone[0]} of layer {layer} is already pruned")
         if set(kept_heads(model, layer)) <= set(drop):
-            raise ValueError(f"pruning {sorted(set(drop))} would leave layer {layer} with no head; keep at least one")
+            raise ValueError(f"pruning {sorted(set(drop))} would leave layer {layer} with no head; keep at least one "
+                             "(analysis.mask_least_important never masks a layer's last head)")
     for layer, drop in heads.items():
         _cut_heads(model.blocks[layer].attn, kept_heads(model, layer), set(drop), model.config.head_dim)
     return model
@@ -136,9 +137,37 @@ def prune_by_importance(model: GPT, batches: Iterable[tuple[Tensor, Tensor | Non
     return curve
 
 
-def least_important(model: GPT, importance: Tensor, count: int) -> dict[int, list[int]]:
-    """Up to `count` unpruned heads of least importance, never a layer's last head."""
-    remaining = {layer: kept_heads(model, layer) for layer in range(model.config.n_layer)}
+def mask_least_important(model: GPT, batches: Iterable[tuple[Tensor, Tensor | None]], head_mask: Tensor | None = None,
+                         count: int = 1) -> Tensor:
+    """One round of mask and recompute: head importance measured with `head_mask` (n_layer, n_head)
+    applied (None: every head open), then the `count` least important heads still open closed too;
+    returns the new mask. A layer's last open head is never closed, as `prune_heads` never removes
+    it, so `prune_heads(model, masked_heads(mask))` always takes what the loop found; once every
+    layer is down to one open head it raises, saying so."""
+    shape = (model.config.n_layer, model.config.n_head)
+    mask = torch.ones(shape, device=model.device) if head_mask is None else \
+        check_finite_tensor("head_mask", head_mask, shape).detach().clone()
+    check_int("count", count, 1)
+    chosen = least_important(model, head_importance(model, batches, head_mask=mask), count, closed=mask == 0)
+    if not chosen:
+        raise ValueError("every layer is down to one open head, which pruning keeps: nothing left to mask")
+    for layer, heads in chosen.items():
+        mask[layer, heads] = 0
+    return mask
+
+
+def masked_heads(head_mask: Tensor) -> dict[int, list[int]]:
+    """layer -> the heads a (n_layer, n_head) head_mask closes (gate 0): `prune_heads`' argument."""
+    if not isinstance(head_mask, Tensor) or head_mask.dim() != 2:
+        raise ValueError(f"head_mask must be an (n_layer, n_head) tensor, got {type(head_mask).__name__}")
+    return {layer: heads for layer, row in enumerate(head_mask.tolist()) if (heads := [h for h, g in enumerate(row) if g == 0])}
+
+
+def least_important(model: GPT, importance: Tensor, count: int, closed: Tensor | None = None) -> dict[int, list[int]]:
+    """Up to `count` unpruned heads of least importance, never a layer's last head; heads where
+    `closed` (n_layer, n_head) is True count as gone already."""
+    remaining = {layer: [h for h in kept_heads(model, layer) if closed is None or not closed[layer, h]]
+                 for layer in range(model.config.n_layer)}
     order = sorted((importance[layer, head].item(), layer, head) for layer, heads in remaining.items() for head in heads)
     chosen: dict[int, list[int]] = {}
     for _, layer, head in order:

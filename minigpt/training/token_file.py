@@ -163,10 +163,12 @@ class TokenCorpus:
         """Checked before it is used: corpus.json, the files' sizes against its counts, the tokenizer."""
         directory = Path(directory)
         where = f"{directory} is not a prepared corpus (scripts/prepare.py writes one)"
+        if not (directory / "corpus.json").exists():
+            raise ValueError(f"{where}: it has no corpus.json")
+        if not (directory / "corpus.json").is_file():  # a pipe or a device would be waited on, not read
+            raise ValueError(f"{where}: its corpus.json is not a regular file")
         try:
             info = json.loads((directory / "corpus.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"{where}: it has no corpus.json") from None
         except (OSError, ValueError) as err:
             raise ValueError(f"{where}: its corpus.json cannot be read ({err})") from None
         if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -176,15 +178,39 @@ class TokenCorpus:
         if info.get("dtype") != dtype.name or info.get("vocab_size") != tokenizer.vocab_size:
             raise ValueError(f"{where}: corpus.json says {info.get('vocab_size')} tokens as {info.get('dtype')}, "
                              f"its tokenizer has {tokenizer.vocab_size}")
+        sizes, eot = info.get("bytes"), info.get("eot_id")
+        if not isinstance(sizes, dict) or not all(_count(sizes.get(split)) for split in SPLITS):
+            raise ValueError(f"{where}: its corpus.json has no count of bytes for each split ('bytes': {sizes!r:.60})")
+        if not _count(eot) or eot >= tokenizer.vocab_size:
+            raise ValueError(f"{where}: its corpus.json's eot_id ({eot!r:.20}) is not a token of its vocabulary of "
+                             f"{tokenizer.vocab_size}")
         streams = {}
         for split in SPLITS:
             path, tokens = directory / f"{split}.bin", info.get("tokens")
             count = tokens.get(split) if isinstance(tokens, dict) else None
             if not path.is_file() or not isinstance(count, int) or path.stat().st_size != count * dtype.itemsize:
                 raise ValueError(f"{where}: {path.name} does not hold the {count} tokens corpus.json counts")
+            largest = _largest_id(path, dtype)
+            if largest >= tokenizer.vocab_size:
+                raise ValueError(f"{where}: {path.name} holds token id {largest}, past its vocabulary of "
+                                 f"{tokenizer.vocab_size}")
             # an empty file cannot be mapped; an empty split is refused by whoever needs its windows
             streams[split] = np.memmap(path, dtype=dtype, mode="r") if count else np.zeros(0, dtype)
         return cls(directory, info, tokenizer, streams["train"], streams["held_out"])
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _largest_id(path: Path, dtype: np.dtype) -> int:
+    """The largest id in a token file (0 for an empty one), read in chunks of 16 MiB: read through
+    the memory map instead, every page would stay resident."""
+    largest = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 24):
+            largest = max(largest, int(np.frombuffer(chunk, dtype=dtype).max()))
+    return largest
 
 
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")

@@ -22,10 +22,10 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..analysis.pruning import PruningCurve
-from ..checks import check_int
+from ..checks import check_int, check_mask
 from ..model import Trace
 from ..training.experiment import by_variant
-from .checks import check_row, check_tokens, check_trace_view
+from .checks import check_generation, check_lens, check_row, check_tokens, pruned, real_positions, shown, trace_row
 
 TokenStrings = Callable[[list[int]], list[str]]
 
@@ -33,32 +33,32 @@ TokenStrings = Callable[[list[int]], list[str]]
 def attention_maps(trace: Trace, tokens: list[str], row: int = 0, layer: int | None = None,
                    head: int | None = None) -> Figure:
     """Attention patterns of one row of a trace: each map's rows are queries, its columns the keys
-    they may look at, dark where a query looks. All heads of all layers, of one layer, or one head."""
-    check_trace_view(trace, tokens, row)
+    they may look at, dark where a query looks. All heads of all layers, of one layer, or one head,
+    under their original numbers (a pruned head's cell grey, titled so); a padded row over its real
+    tokens only."""
+    maps, tokens = trace_row(trace, tokens, row)  # n_layer of (h t t)
     if layer is not None:
-        check_int("layer", layer, 0, len(trace.attentions) - 1)
+        check_int("layer", layer, 0, len(maps) - 1)
     if head is not None:
-        check_int("head", head, 0, max(p.shape[1] for p in trace.attentions) - 1)
-    layers = range(len(trace.attentions)) if layer is None else [layer]
-    cells = [(l, h) for l in layers for h in (range(trace.attentions[l].shape[1]) if head is None else [head])]
-    columns = max(h for _, h in cells) + 1 if head is None else 1
-    rows = len(layers)
-    t = len(tokens)
-    size = max(1.4, 0.18 * t) if len(cells) > 1 else max(4.0, 0.3 * t)
+        check_int("head", head, 0, maps[0].shape[0] - 1)
+    layers = range(len(maps)) if layer is None else [layer]
+    heads = range(maps[0].shape[0]) if head is None else [head]
+    rows, columns, t = len(layers), len(heads), len(tokens)
+    size = max(1.4, 0.18 * t) if rows * columns > 1 else max(4.0, 0.3 * t)
     figure = Figure(figsize=(size * columns + 1.5, size * rows + 1.0))
     grid = figure.subplots(rows, columns, squeeze=False)
-    labels = [token.strip() or repr(token) for token in tokens]  # a leading space would push the text off the axis
-    for axes in grid.flat:
+    labels = [shown(token, 10) for token in tokens]
+    for (i, l), (j, h) in ((a, b) for a in enumerate(layers) for b in enumerate(heads)):
+        axes, weights = grid[i][j], maps[l][h]
         axes.set_xticks([])
         axes.set_yticks([])
         axes.set_facecolor("0.92")  # a pruned head's cell stays grey
-    for l, h in cells:
-        axes = grid[layers.index(l)][0 if head is not None else h]
-        axes.imshow(trace.attentions[l][row, h].detach().float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
-        axes.set_title(f"layer {l} head {h}", fontsize=8)
-        if t <= 24 or len(cells) == 1:  # token labels, where there is room for them
-            axes.set_xticks(range(t), labels, rotation=90, fontsize=6 if len(cells) > 1 else 8)
-            axes.set_yticks(range(t), labels, fontsize=6 if len(cells) > 1 else 8)
+        axes.imshow(weights.numpy(), cmap="Blues", vmin=0, vmax=1)
+        axes.set_title(f"layer {l} head {h}" + (" (pruned)" if pruned(weights) else ""), fontsize=8)
+        if t <= 24 or rows * columns == 1:  # token labels, where there is room for them
+            small = 6 if rows * columns > 1 else 8
+            axes.set_xticks(range(t), labels, rotation=90, fontsize=small)
+            axes.set_yticks(range(t), labels, fontsize=small)
     figure.suptitle("attention: each row a query token, each column a key it may look at")
     figure.tight_layout()
     return figure
@@ -66,6 +66,9 @@ def attention_maps(trace: Trace, tokens: list[str], row: int = 0, layer: int | N
 
 def head_heatmap(values: Tensor, title: str, label: str) -> Figure:
     """A (layer, head) table as coloured cells with their numbers; NaN cells (pruned heads) blank."""
+    if not isinstance(values, Tensor) or values.dim() != 2:
+        raise ValueError(f"values must be a (layer, head) tensor (attention_entropy, head_importance), got "
+                         f"{type(values).__name__}{'' if not isinstance(values, Tensor) else f' of shape {tuple(values.shape)}'}")
     rows, columns = values.shape
     figure = Figure(figsize=(max(5.0, 1.5 + 0.55 * columns), max(3.0, 1.0 + 0.45 * rows)))
     axes = figure.subplots()
@@ -91,21 +94,34 @@ def top_tokens(logits: Tensor, token_strings: TokenStrings) -> tuple[list[list[s
     return texts, probs
 
 
-def logit_lens(lens: Tensor, tokens: list[str], token_strings: TokenStrings, row: int = 0) -> Figure:
+def lens_row(lens: Tensor, tokens: object, token_strings: TokenStrings, row: object,
+             attention_mask: Tensor | None) -> tuple[list[list[str]], Tensor, list[str]]:
+    """One row of analysis.logit_lens (l+1 b t v) over its real positions (attention_mask (b t),
+    or all): each layer's likeliest next token's text and probability (l+1 t'), and the labels."""
+    depth, batch, positions = check_lens(lens).shape[:3]
+    row = check_row(row, batch)
+    real = None if attention_mask is None else check_mask("attention_mask", attention_mask, (batch, positions))
+    keep = real_positions(real, row, positions)
+    tokens = check_tokens(tokens, len(keep), padding=positions - len(keep))
+    texts, probs = top_tokens(lens[:, row, keep.to(lens.device)], token_strings)  # (l+1) lists of t', (l+1 t')
+    return texts, probs.cpu(), tokens
+
+
+def logit_lens(lens: Tensor, tokens: list[str], token_strings: TokenStrings, row: int = 0,
+               attention_mask: Tensor | None = None) -> Figure:
     """analysis.logit_lens (l+1 b t v) of one row: for each layer (rows) and position (columns), the
-    token that layer would predict next, coloured by its probability."""
-    check_row(row, lens.shape[1])
-    check_tokens(tokens, lens.shape[2])
-    texts, probs = top_tokens(lens[:, row], token_strings)  # (l+1) lists of t, (l+1 t)
+    token that layer would predict next, coloured by its probability. With the batch's
+    attention_mask, a padded row is drawn over its real tokens only."""
+    texts, probs, tokens = lens_row(lens, tokens, token_strings, row, attention_mask)
     depth, t = probs.shape
     figure = Figure(figsize=(max(6.0, 0.9 * t + 2), max(3.0, 0.4 * depth + 1.5)))
     axes = figure.subplots()
-    image = axes.imshow(probs.cpu().numpy(), cmap="Greens", aspect="auto", vmin=0, vmax=1)
+    image = axes.imshow(probs.numpy(), cmap="Greens", aspect="auto", vmin=0, vmax=1)
     for layer in range(depth):
         for position in range(t):
-            axes.text(position, layer, texts[layer][position].strip()[:8] or repr(texts[layer][position]), ha="center",
-                      va="center", fontsize=7, color="white" if float(probs[layer, position]) > 0.6 else "black")
-    axes.set_xticks(range(t), [token.strip() or repr(token) for token in tokens], rotation=45, ha="right", fontsize=8)
+            axes.text(position, layer, shown(texts[layer][position], 8), ha="center", va="center", fontsize=7,
+                      color="white" if float(probs[layer, position]) > 0.6 else "black")
+    axes.set_xticks(range(t), [shown(token, 12) for token in tokens], rotation=45, ha="right", fontsize=8)
     axes.set_yticks(range(depth), ["embeddings", *(f"block {i}" for i in range(1, depth))], fontsize=8)
     axes.set_title("logit lens: the next token each layer would predict (colour: its probability)", fontsize=10)
     figure.colorbar(image, ax=axes, label="probability")
@@ -116,7 +132,7 @@ def logit_lens(lens: Tensor, tokens: list[str], token_strings: TokenStrings, row
 def choices(generation, token_strings: TokenStrings, row: int = 0) -> Figure:
     """A Generation's choice table as a picture: one line per step, the chosen token first, then the
     alternatives the step remembered, each coloured by its probability; the entropy on the right."""
-    check_row(row, generation.sequences.shape[0])
+    check_row(row, check_generation(generation).sequences.shape[0])
     steps = int(generation.new_lengths[row])
     chosen = generation.new_tokens[row, :steps].tolist()
     alternatives = generation.alternatives[row, :steps]  # (new a)
@@ -128,7 +144,7 @@ def choices(generation, token_strings: TokenStrings, row: int = 0) -> Figure:
     for step in range(steps):
         names = token_strings([chosen[step]]) + [token_strings([i])[0] if i >= 0 else "" for i in alternatives[step].tolist()]
         for column, name in enumerate(names):
-            axes.text(column, step, repr(name)[1:-1][:10], ha="center", va="center", fontsize=7,
+            axes.text(column, step, shown(name, 10), ha="center", va="center", fontsize=7,
                       weight="bold" if column == 0 else "normal")
         axes.text(len(names) - 0.4, step, f"H={float(generation.entropy[row, step]):.2f}", va="center", fontsize=7)
     axes.set_xticks(range(cells.shape[1]), ["chosen", *(f"#{i + 1}" for i in range(alternatives.shape[1]))], fontsize=8)
@@ -140,6 +156,8 @@ def choices(generation, token_strings: TokenStrings, row: int = 0) -> Figure:
 
 def pruning_curve(curve: PruningCurve, total_heads: int) -> Figure:
     """The loss after each round of analysis.prune_by_importance, against the share of heads pruned."""
+    if not isinstance(curve, PruningCurve):
+        raise ValueError(f"curve must be what analysis.prune_by_importance returns, got {type(curve).__name__}")
     check_int("total_heads", total_heads, 1)
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
@@ -169,35 +187,48 @@ def experiment_curves(results: list[dict]) -> Figure:
 
 
 FATE_COLOURS = {"kept": "#1f77b4", "finished": "#2ca02c", "dropped": "#bfbfbf"}  # blue, green, grey
+RETURNED = "#d62728"  # red: the paths of the sequences beam search returned
 
 
 def tree_layout(generation, token_strings: TokenStrings, prompt: int = 0) -> list[dict]:
     """The nodes of one prompt's beam tree: step, rank among the step's candidates, token text,
-    running score, fate ("kept", "finished", "dropped") and the index of the parent node."""
-    tree = generation.tree
+    running score, fate ("kept", "finished", "dropped"), the index of the parent node, `returned`
+    (the best returned sequence whose path runs through it, 0 the best; None) and `end` (the
+    returned sequence that ends there; None)."""
+    tree = check_generation(generation).tree
     if tree is None:
         raise ValueError("this Generation keeps no tree: run beam_search(..., keep_tree=True)")
-    check_row(prompt, tree.steps[0].token.shape[0], "prompt")
+    prompts = tree.steps[0].token.shape[0]
+    check_row(prompt, prompts, "prompt")
     nodes: list[dict] = []
+    first: list[int] = []  # the node index of each step's candidate 0
     beam_node: dict[int, int] = {}  # beam j of the step before -> its node
     for step, candidates in enumerate(tree.steps):
+        first.append(len(nodes))
         next_beam_node = {}
         for rank in range(candidates.token.shape[1]):
             fate = int(candidates.fate[prompt, rank])
             nodes.append({"step": step, "rank": rank, "text": token_strings([int(candidates.token[prompt, rank])])[0],
                           "score": float(candidates.score[prompt, rank]),
                           "fate": "kept" if fate >= 0 else "finished" if fate == -1 else "dropped",
-                          "parent": beam_node.get(int(candidates.parent[prompt, rank]))})
+                          "parent": beam_node.get(int(candidates.parent[prompt, rank])), "returned": None, "end": None})
             if fate >= 0:
                 next_beam_node[fate] = len(nodes) - 1
         beam_node = next_beam_node
+    count = generation.paths.shape[0] // prompts  # returned sequences a prompt, best first
+    for returned in reversed(range(count)):  # the best last, so that it names a node two paths share
+        path = [c for c in generation.paths[prompt * count + returned].tolist() if c >= 0]
+        for step, candidate in enumerate(path):
+            nodes[first[step] + candidate]["returned"] = returned
+        if path:
+            nodes[first[len(path) - 1] + path[-1]]["end"] = returned
     return nodes
 
 
 def beam_tree(generation, token_strings: TokenStrings, prompt: int = 0) -> Figure:
     """A beam search's tree (keep_tree=True) for one prompt: each column a step, each dot a
     candidate (its token beside it), a line to the beam it extends; blue went on, green finished,
-    grey dropped."""
+    grey dropped; the returned sequences' paths thick and red, each end marked with its rank."""
     nodes = tree_layout(generation, token_strings, prompt)
     steps = max(n["step"] for n in nodes) + 1
     per_step = max(n["rank"] for n in nodes) + 1
@@ -205,15 +236,16 @@ def beam_tree(generation, token_strings: TokenStrings, prompt: int = 0) -> Figur
     axes = figure.subplots()
     for node in nodes:
         if node["parent"] is not None:
-            parent = nodes[node["parent"]]
-            axes.plot([parent["step"], node["step"]], [parent["rank"], node["rank"]], color="0.8", linewidth=0.8,
-                      zorder=1)
+            parent, returned = nodes[node["parent"]], node["returned"] is not None
+            axes.plot([parent["step"], node["step"]], [parent["rank"], node["rank"]], zorder=2 if returned else 1,
+                      color=RETURNED if returned else "0.8", linewidth=2.2 if returned else 0.8)
     for node in nodes:
-        axes.scatter(node["step"], node["rank"], color=FATE_COLOURS[node["fate"]], s=18, zorder=2)
-        axes.text(node["step"] + 0.06, node["rank"], f"{node['text']!r} {node['score']:.1f}"[:18], fontsize=6,
+        axes.scatter(node["step"], node["rank"], color=FATE_COLOURS[node["fate"]], s=18, zorder=3)
+        end = f" ← #{node['end']}" if node["end"] is not None else ""
+        axes.text(node["step"] + 0.06, node["rank"], f"{shown(node['text'], 10)} {node['score']:.1f}{end}", fontsize=6,
                   va="center", color="black" if node["fate"] != "dropped" else "0.55")
     axes.invert_yaxis()
     axes.set(xlabel="step", ylabel="candidate (best first)", xticks=range(steps),
-             title="beam search: blue went on as a beam, green finished, grey dropped")
+             title="beam search: blue went on, green finished, grey dropped; red: the returned paths")
     figure.tight_layout()
     return figure
