@@ -176,9 +176,11 @@ def test_results_equal_whatever_kernel_is_chosen(config, weights, seed):
             assert (got - results[names[0]]).abs().max() <= ROUNDING[weights] * scale, (name, names[0])
 
 
+KERNELS = ("rows.cpp", "rows.cpp+prefetch", "rows.cpp tiles", "rows.cpp tiles+prefetch", "oneDNN")
+
+
 @settings(max_examples=10)
-@given(config=configs(), format_and_kernel=st.sampled_from([(w, k) for w in WEIGHT_FORMATS
-                                                             for k in ("rows.cpp", "rows.cpp+prefetch", "oneDNN")]),
+@given(config=configs(), format_and_kernel=st.sampled_from([(w, k) for w in WEIGHT_FORMATS for k in KERNELS]),
        seed=st.integers(0, 2**16), rows=st.integers(1, 5), data=st.data())
 def test_the_fused_step_equals_the_module_step(config, format_and_kernel, seed, rows, data):
     """Logits and the whole cache after a padded prompt and a few steps, against the module step

@@ -103,12 +103,15 @@ def step_kernels(block: TransformerBlock, rows: int) -> list:
     """What decode_step's `kernels` holds for one block at `rows` rows: per matrix (c_attn,
     attn.c_proj, c_fc, mlp.c_proj), where its routes give that many rows to oneDNN, the weight and
     bias it passes oneDNN (packed_routes); to rows.cpp with a prefetch, its distance and
-    None; else None, None (rows.cpp)."""
+    None; to rows.cpp's int8 tiles, [tiles, their scales, the prefetch distance] and None; else None,
+    None (rows.cpp)."""
     entries = []
     for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
         name = linear.routes.name_for(rows)
         entries += ([linear.packed, linear.bias] if name == "oneDNN" else
-                    [PREFETCH, None] if name == "rows.cpp+prefetch" else [None, None])
+                    [PREFETCH, None] if name == "rows.cpp+prefetch" else
+                    [linear.routes.tiles[0], None] if name == "rows.cpp tiles" else
+                    [linear.routes.tiles[PREFETCH], None] if name == "rows.cpp tiles+prefetch" else [None, None])
     return entries
 
 

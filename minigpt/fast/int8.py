@@ -30,7 +30,7 @@ from ..embedding import TokenEmbedding
 from ..model import GPT
 from . import kernels
 from .kernels import Routes
-from .rows import BLOCK, PREFETCH, fits, format_product, quantize_blocks, rows_product
+from .rows import BLOCK, PREFETCH, fits, format_product, int8_tiles, quantize_blocks, rows_product, tiles_product
 from .swap import swap_weights
 
 
@@ -69,7 +69,13 @@ def int8_routes(q: Tensor, scales: Tensor, bias: Tensor | None) -> Routes:
     if fits(q) and q.shape[1] // scales.shape[1] == BLOCK:  # with and without a software prefetch, as for floats
         kernels["rows.cpp"] = lambda x: rows_product(x, q, scales, bias)
         kernels["rows.cpp+prefetch"] = lambda x: rows_product(x, q, scales, bias, ahead=PREFETCH)
-    return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="widened")
+        tiles = int8_tiles(q, scales)  # a second copy of the weights, in the layout of rows.cpp's tile kernel
+        kernels["rows.cpp tiles"] = lambda x: tiles_product(x, *tiles, bias, q.shape[0])
+        kernels["rows.cpp tiles+prefetch"] = lambda x: tiles_product(x, *tiles, bias, q.shape[0], ahead=PREFETCH)
+    routes = Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="widened")
+    if "rows.cpp tiles" in kernels:  # what the fused step passes rows.cpp for each (fused.step_kernels)
+        routes.tiles = {ahead: [*tiles, torch.tensor(ahead)] for ahead in (0, PREFETCH)}
+    return routes
 
 
 class Int8Linear(nn.Module):

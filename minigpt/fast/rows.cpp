@@ -289,6 +289,166 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   return y;
 }
 
+// ---- int8 in tiles: the same format, laid out so that a vector's lanes are 16 outputs ------------
+//
+// Int8Times above gives each output its own vector of partial sums, so every block of 32 weights
+// costs a convert and a multiply-add by the block's scale for only 32 products, and each output
+// ends in a horizontal sum. In tiles (rows.py's int8_tiles: W's outputs in groups of TILE = 16, each
+// pair of weights along a row next to the same pair of the group's other outputs, (out/16 in/2 16 2),
+// scales (out/16 in/32 16)) a vector holds one pair of 16 outputs' weights: times one pair of x
+// broadcast to every lane, one vpdpwssd (or vpmaddwd) adds two products to each of 16 outputs. A
+// block's 16 pairs sum exactly in integer lanes (at most 32 products of 127 · 32767, below 2^31), then
+// one convert and one multiply-add by the 16 outputs' scales serve 16 · 32 products, and the
+// result is a vector of outputs, with no horizontal sum. Each pair of weights, once widened, serves
+// up to ROWS_TOGETHER rows of x.
+constexpr int64_t TILE = 16;
+
+inline int32_t pair_at(const int16_t* x) {  // two 16-bit integers of x as one 32-bit word, to broadcast
+  int32_t both;
+  std::memcpy(&both, x, sizeof both);
+  return both;
+}
+
+struct TileTimes {
+  const QuantizedRows& x;
+  const int8_t* tiles;   // (out/16 in/2 16 2)
+  const at::Half* s;     // (out/16 in/32 16)
+  int64_t out;
+  const float* bias;
+  float* y;
+  int64_t ahead;  // bytes, as FloatTimes'
+
+#if defined(__AVX512BW__)
+  static constexpr int ROWS_TOGETHER = 8;
+  template <int R>
+  void rows(int64_t r0, int64_t tile) const {
+    const int64_t in = x.in, blocks = in / BLOCK;
+    const int16_t* xq = x.q.data() + r0 * in;
+    const int8_t* w = tiles + tile * in * TILE;
+    const at::Half* scales = s + tile * blocks * TILE;
+    __m512 total[R];
+    for (int r = 0; r < R; ++r) total[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+      __m512i sums[R];
+      for (int r = 0; r < R; ++r) sums[r] = _mm512_setzero_si512();
+      for (int64_t p = 0; p < BLOCK / 2; ++p) {  // 16 pairs of weights of 16 outputs: 32 bytes
+        const int8_t* at = w + (b * BLOCK / 2 + p) * 2 * TILE;
+        if (ahead && p % 2 == 0) __builtin_prefetch(at + ahead);  // two pairs: a cache line
+        const __m512i pair = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)));
+        for (int r = 0; r < R; ++r) {
+          const __m512i xs = _mm512_set1_epi32(pair_at(xq + r * in + b * BLOCK + 2 * p));
+#if defined(__AVX512VNNI__)
+          sums[r] = _mm512_dpwssd_epi32(sums[r], pair, xs);
+#else
+          sums[r] = _mm512_add_epi32(sums[r], _mm512_madd_epi16(pair, xs));
+#endif
+        }
+      }
+      const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * TILE)));
+      for (int r = 0; r < R; ++r)
+        total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r]), scale, total[r]);
+    }
+    store<R>(r0, tile, total);
+  }
+  template <int R>
+  void store(int64_t r0, int64_t tile, const __m512* total) const {
+    alignas(64) float lanes[TILE];
+    for (int r = 0; r < R; ++r) {
+      _mm512_store_ps(lanes, total[r]);
+      write(r0 + r, tile, lanes);
+    }
+  }
+#elif defined(__AVX2__) && defined(__F16C__)
+  static constexpr int ROWS_TOGETHER = 4;
+  template <int R>
+  void rows(int64_t r0, int64_t tile) const {  // a tile as two halves of 8 outputs, one after the other
+    const int64_t in = x.in, blocks = in / BLOCK;
+    const int16_t* xq = x.q.data() + r0 * in;
+    const int8_t* w = tiles + tile * in * TILE;
+    const at::Half* scales = s + tile * blocks * TILE;
+    alignas(32) float lanes[R][TILE];
+    for (int half = 0; half < 2; ++half) {
+      __m256 total[R];
+      for (int r = 0; r < R; ++r) total[r] = _mm256_setzero_ps();
+      for (int64_t b = 0; b < blocks; ++b) {
+        __m256i sums[R];
+        for (int r = 0; r < R; ++r) sums[r] = _mm256_setzero_si256();
+        for (int64_t p = 0; p < BLOCK / 2; ++p) {  // this half's 8 outputs' pair: 16 bytes of the 32
+          const int8_t* at = w + (b * BLOCK / 2 + p) * 2 * TILE;
+          if (ahead && half == 0 && p % 2 == 0) __builtin_prefetch(at + ahead);  // two pairs: a cache line
+          const __m256i pair = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at + half * TILE)));
+          for (int r = 0; r < R; ++r)
+            sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(pair, _mm256_set1_epi32(pair_at(xq + r * in + b * BLOCK + 2 * p))));
+        }
+        const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * TILE + half * 8)));
+        for (int r = 0; r < R; ++r)
+          total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r]), scale, total[r]);
+      }
+      for (int r = 0; r < R; ++r) _mm256_store_ps(lanes[r] + half * 8, total[r]);
+    }
+    for (int r = 0; r < R; ++r) write(r0 + r, tile, lanes[r]);
+  }
+#else
+  static constexpr int ROWS_TOGETHER = 4;
+  template <int R>
+  void rows(int64_t r0, int64_t tile) const {
+    const int64_t in = x.in, blocks = in / BLOCK;
+    const int8_t* w = tiles + tile * in * TILE;
+    const at::Half* scales = s + tile * blocks * TILE;
+    for (int r = 0; r < R; ++r) {
+      const int16_t* xq = x.q.data() + (r0 + r) * in;
+      float lanes[TILE] = {};
+      for (int64_t b = 0; b < blocks; ++b) {
+        int32_t sums[TILE] = {};
+        for (int64_t k = 0; k < BLOCK; ++k)
+          for (int64_t j = 0; j < TILE; ++j) sums[j] += w[((b * BLOCK + k) / 2 * TILE + j) * 2 + k % 2] * xq[b * BLOCK + k];
+        for (int64_t j = 0; j < TILE; ++j) lanes[j] += static_cast<float>(sums[j]) * static_cast<float>(scales[b * TILE + j]);
+      }
+      write(r0 + r, tile, lanes);
+    }
+  }
+#endif
+
+  void write(int64_t row, int64_t tile, const float* lanes) const {  // the tile's real outputs (the last may be padding)
+    const int64_t first = tile * TILE, count = std::min(TILE, out - first);
+    for (int64_t j = 0; j < count; ++j) y[row * out + first + j] = x.s[row] * lanes[j] + (bias ? bias[first + j] : 0.0f);
+  }
+};
+
+template <int R>  // rows<left>, left < R + 1 known only at run time, for the rows left over
+void leftover(const TileTimes& times, int64_t r0, int64_t tile, int64_t left) {
+  if constexpr (R > 0) {
+    if (left == R)
+      times.rows<R>(r0, tile);
+    else
+      leftover<R - 1>(times, r0, tile, left);
+  }
+}
+
+at::Tensor tiles_product(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scales, const at::Tensor& bias, int64_t out,
+                         int64_t ahead) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be (rows in) float32");
+  const int64_t rows = x.size(0), in = x.size(1), count = (out + TILE - 1) / TILE;
+  TORCH_CHECK(in % BLOCK == 0, "in must be a multiple of 32");
+  TORCH_CHECK(tiles.scalar_type() == at::kChar && tiles.is_contiguous() && tiles.numel() == count * TILE * in,
+              "tiles must be (out/16 in/2 16 2) int8");
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.numel() == count * TILE * (in / BLOCK),
+              "tile scales must be (out/16 in/32 16) float16");
+  auto y = at::empty({rows, out}, x.options());
+  const QuantizedRows quantized(x.data_ptr<float>(), rows, in);
+  const TileTimes times{quantized, tiles.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), out,
+                        bias.numel() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), ahead};
+  constexpr int together = TileTimes::ROWS_TOGETHER;
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      int64_t r0 = 0;
+      for (; r0 + together <= rows; r0 += together) times.rows<together>(r0, tile);
+      leftover<together - 1>(times, r0, tile, rows - r0);
+    }
+  });
+  return y;
+}
+
 // ---- a whole decoding step of a GPT-2, for the same few rows (fused.py says why) ----------------
 
 // y = LayerNorm(x) over each row of width e (biased variance, as torch.nn.LayerNorm).
@@ -321,9 +481,14 @@ float dot(const float* a, const float* b, int64_t n) {  // n a multiple of LANES
 // - a tensor, W in oneDNN's layout, and `bias` in W's dtype (or None): oneDNN, on x rounded to W's
 //   dtype, the result widened back (as PackedLinear's oneDNN route does);
 // - None: rows.cpp on W as stored (w: weight, int8 scales, bias); an integer: the same, with
-//   weights asked for that many bytes ahead (`ahead` above).
+//   weights asked for that many bytes ahead (`ahead` above);
+// - a list of three tensors: int8 W's tiles, their scales and `ahead` (tiles_product), with w's bias.
 at::Tensor linear(const at::Tensor& x, at::TensorList w, const c10::IValue& kernel, const c10::IValue& bias) {
   if (kernel.isNone() || kernel.isInt()) return product(x, w[0], w[1], w[2], kernel.isInt() ? kernel.toInt() : 0);
+  if (kernel.isTensorList()) {  // int8 in tiles: [tiles, their scales, the prefetch distance (a one-element tensor)]
+    const auto tiled = kernel.toTensorList();
+    return tiles_product(x, tiled[0], tiled[1], w[2], w[0].size(0), tiled.get(2).item<int64_t>());
+  }
   static const auto onednn = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
   std::vector<c10::IValue> stack{x.to(kernel.toTensor().scalar_type()), kernel, bias, "none",
                                  c10::List<std::optional<at::Scalar>>(), c10::IValue()};
@@ -421,11 +586,13 @@ at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& wte, const at
 
 MINIGPT_LIBRARY(MINIGPT_OPS, m) {
   m.def("rows_product(Tensor x, Tensor weight, Tensor scales, Tensor bias, int ahead) -> Tensor");
+  m.def("tiles_product(Tensor x, Tensor tiles, Tensor scales, Tensor bias, int out, int ahead) -> Tensor");
   m.def("decode_step(Tensor tokens, Tensor wte, Tensor wpe, Tensor[] weights, Any[] kernels, Tensor(a!)[] keys, Tensor(b!)[] values, "
         "Tensor real, Tensor slot, Tensor ln_f_weight, Tensor ln_f_bias, int n_head, float eps) -> Tensor");
 }
 
 MINIGPT_LIBRARY_IMPL(MINIGPT_OPS, CPU, m) {
   m.impl("rows_product", &product);
+  m.impl("tiles_product", &tiles_product);
   m.impl("decode_step", &decode_step);
 }

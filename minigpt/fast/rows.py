@@ -30,6 +30,7 @@ from . import cpu
 from .cpu import LEVELS
 
 BLOCK = 32  # weights per int8 scale, and what a row's width must be a multiple of
+TILE = 16  # outputs a tile of int8 weights holds side by side (tiles_product)
 # How far ahead of its use the prefetching kernel asks for a weight, in bytes, whatever the format:
 # about what one core must have in flight to stream at 10-20 GB/s against the 100-200 ns a VM's
 # memory takes. Products alone at one row, as a share of a plain read (docs/fast.md): on a Xeon
@@ -73,6 +74,10 @@ def build(level: str) -> bool:
     def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor, ahead: int) -> Tensor:  # the shape rule for torch.compile
         return x.new_empty(x.shape[0], weight.shape[0])
 
+    @torch.library.register_fake(f"minigpt_{level}::tiles_product")
+    def _(x: Tensor, tiles: Tensor, scales: Tensor, bias: Tensor, out: int, ahead: int) -> Tensor:
+        return x.new_empty(x.shape[0], out)
+
     @torch.library.register_fake(f"minigpt_{level}::decode_step")
     def _(tokens: Tensor, wte: Tensor, *rest) -> Tensor:
         return wte.new_empty(tokens.shape[0], wte.shape[1])
@@ -111,6 +116,26 @@ def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor 
     empty = rows.new_empty(0)
     out = ops(level).rows_product(rows, weight, empty if scales is None else scales, empty if bias is None else bias, ahead)
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def tiles_product(x: Tensor, tiles: Tensor, scales: Tensor, bias: Tensor | None, out: int, *,
+                  level: str | None = None, ahead: int = 0) -> Tensor:
+    """x (... in) float32 -> x Wᵀ + b (... out), W int8 in tiles (`int8_tiles`): the int8 format's
+    numbers, as `rows_product` computes them from the blocks as stored. `level` and `ahead` as there."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows in)
+    y = ops(level).tiles_product(rows, tiles, scales, rows.new_empty(0) if bias is None else bias, out, ahead)
+    return y.view(*x.shape[:-1], out)
+
+
+def int8_tiles(q: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+    """int8 blocks as stored, q (out in) and their scales (out in/32), as tiles_product reads them:
+    the outputs in groups of TILE, each pair of weights along a row beside the same pair of the
+    group's other outputs, (out/TILE in/2 TILE 2), and the scales (out/TILE in/32 TILE); the last
+    group padded with zero weights (rows.cpp says why this layout)."""
+    pad = -q.shape[0] % TILE
+    q, scales = torch.cat([q, q.new_zeros(pad, q.shape[1])]), torch.cat([scales, scales.new_zeros(pad, scales.shape[1])])
+    tiles = q.view(-1, TILE, q.shape[1] // 2, 2).transpose(1, 2).contiguous()
+    return tiles, scales.view(-1, TILE, scales.shape[1]).transpose(1, 2).contiguous()
 
 
 def quantize_blocks(weight: Tensor, block: int = BLOCK, scales: torch.dtype = torch.float16,
