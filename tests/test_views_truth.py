@@ -143,3 +143,29 @@ def test_every_head_of_a_gpt2_shaped_model_and_an_eleven_step_tree_fit_a_1400_by
     assert legend and fits and "returned path" in page.evaluate("document.querySelector('#figure .legend').textContent")
     assert not seen["errors"] and not seen["blocked"]
     page.close()
+
+
+def test_the_head_view_of_a_pruned_padded_row_shows_its_real_tokens_and_says_pruned(browser, tmp_path):
+    model = analysis.prune_heads(make(SMALL), {1: [2]})
+    ids = torch.randint(0, 60, (2, 7), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :3] = 0
+    real = [f" w{i}" for i in range(4)]
+    page, seen = open_offline(browser, views.head_view(model.trace(ids, mask), real, row=1).save(tmp_path / "h.html"),
+                              viewport=WINDOW)
+    ticks = page.evaluate("Array.from(document.querySelectorAll('#figure .xtick text')).map(t => t.textContent)")
+    assert ticks == ["0:␣w0", "1:␣w1", "2:␣w2", "3:␣w3"]  # the real tokens, whitespace visible, no padding
+    page.select_option("#layer", "1")
+    page.select_option("#head", "2")
+    assert "layer 1, head 2: pruned" in page.inner_text("#figure")
+    page.select_option("#head", "3")
+    assert "layer 1, head 3" in page.inner_text("#figure") and "pruned" not in page.inner_text("#figure")
+    assert not seen["errors"] and not seen["blocked"]
+    page.close()
+
+
+def test_a_long_title_says_how_many_tokens_it_leaves_out():
+    model = make(SMALL)
+    ids = torch.randint(0, 60, (1, 20), generator=torch.Generator().manual_seed(6))
+    view = views.model_view(model.trace(ids), [f"w{i}" for i in range(20)])
+    assert view.title.endswith("w10 w11 … (20 tokens)")

@@ -10,12 +10,14 @@ The format is one computation, whichever kernel runs it (rows.format_product):
 in blocks of 32 weights along a row (llama.cpp's q8_0 and gpt-fast's groupwise layout: a weight
 is off by at most s/2, 1/254 of its block's largest; a row whose width is not a multiple of 32 is
 one block), multiplied by the activations rounded to 16-bit integers with one scale per row (off
-by at most 1/65534 of the row's largest). Two kernels compute it: rows.cpp, which reads the blocks
-as stored and sums each block's products in integers (the few rows of a decoding step), and
-PyTorch's float32 product on the blocks widened at each call (a prompt's many rows, where the
-product is bound by arithmetic and widening costs little beside it). Which takes how many rows is
-measured on the machine (kernels.py), with and without a software prefetch (rows.cpp). Both give the same numbers, summed in other orders, so the
-tokens do not depend on which won the timing; fbgemm's int8 product, which rounds the activations
+by at most 1/65534 of the row's largest). Three kernels compute it: rows.cpp on the blocks as
+stored, each output a vector of its own (the few rows of a decoding step); rows.cpp on the same
+blocks in tiles of 16 outputs side by side (rows.int8_tiles: a vector's lanes are outputs, so a
+block's convert and scale serve 16 of them; ahead at a batch's rows and a prompt's, docs/fast.md);
+and PyTorch's float32 product on the blocks widened at each call. Which takes how many rows is
+measured on the machine (kernels.py), rows.cpp's with and without a software prefetch. All give the
+same numbers (each block's products summed exactly in integers, or in float32), summed in other
+orders, so the tokens do not depend on which won the timing; fbgemm's int8 product, which rounds the activations
 to 8 bits over a whole batch at once (so one row's result depends on the others), is not one of
 them (docs/fast.md). On CUDA the widened product runs compiled (gpt-fast's recipe: the
 conversion fuses into the product's read of q).
