@@ -72,8 +72,9 @@ COMMANDS = {
     SHIPPED_TRAINING: SHIPPED_TRAINING.split(" && ")[1].replace("--steps 4000", "--steps 2")
     .replace("--out weights/shakespeare", "--out {copy}").replace("--eval-every 500", "--eval-every 2"),
     '.venv/bin/python scripts/attention.py --text "The cat sat on the mat because it was tired."   # maps + entropy': None,
+    # 2 rounds of pruning, not 9: each round is the same code, and 9 took 6 minutes of a loaded suite
     ".venv/bin/python scripts/heads.py --text-file my_text.txt    # importance, then prune 10% a round, loss each round":
-        None,
+        ".venv/bin/python scripts/heads.py --text-file my_text.txt --rounds 2",
     DRAFT_TRAINING: DRAFT_TRAINING.replace("--steps 2000", "--steps 2").replace("--eval-every 500", "--eval-every 2")
     .replace("--out weights/shakespeare-draft", "--out {copy}-draft").replace("--tokenizer weights/shakespeare",
                                                                               "--tokenizer {copy}"),

@@ -264,3 +264,16 @@ def test_a_view_given_the_wrong_kind_of_thing_says_what_it_wants(call, says):
     from minigpt import views
     with pytest.raises(ValueError, match=says):
         call(views, views.figures, traced()[2])
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: __import__("minigpt.fast", fromlist=["optimize"]).optimize(model(), verbose="no"),
+     "verbose must be True or False, got 'no'"),
+    (lambda: decoders.diverse_beam_search(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, vocab_size=50257, n_positions=1024)),
+                                          torch.zeros(64, 1, dtype=torch.long), num_beams=16, num_beam_groups=4,
+                                          diversity_penalty=1.0, max_new_tokens=1000, keep_logprobs=True),
+     r"beam search over 1024 beams x 50257 tokens x 1000 steps needs .* GiB, more than this machine"),
+])
+def test_the_last_hostile_cases_are_refused_up_front(call, says):
+    with pytest.raises(ValueError, match=says):
+        call()
