@@ -27,3 +27,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium (Debian's, driven by Playwright) for the tests that open a view; skips, saying
+    why, where either is missing."""
+    from minigpt.views.browser import chromium, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no browser: Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    with chromium() as launched:
+        yield launched

@@ -10,7 +10,7 @@ import torch
 
 import decoders
 from minigpt import analysis, views
-from minigpt.views.browser import chromium, find_chromium, open_offline
+from minigpt.views.browser import open_offline
 from weights import SHAKESPEARE, load_gpt2, load_tokenizer
 
 TEXT = "ROMEO:\nWhat light through yonder window breaks?"
@@ -67,15 +67,6 @@ def test_a_view_is_one_file_with_no_address_outside_it(shown):
         # browser test below blocks every request to be sure)
         assert page.count("<script src") == bundle.count("<script src") and "<link" not in page, name
         assert view._repr_html_().startswith("<iframe srcdoc=")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if find_chromium() is None:
-        pytest.skip("no browser: Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
-    with chromium() as launched:
-        yield launched
 
 
 def test_every_view_renders_its_tokens_offline_without_errors(shown, browser, tmp_path):

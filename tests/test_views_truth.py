@@ -12,7 +12,7 @@ import torch
 
 import decoders
 from minigpt import GPT, GPTConfig, analysis
-from minigpt.views.browser import chromium, find_chromium, open_offline
+from minigpt.views.browser import open_offline
 
 views = pytest.importorskip("minigpt.views")
 SMALL = GPTConfig(vocab_size=60, n_positions=32, n_embd=16, n_layer=2, n_head=4)
@@ -101,15 +101,6 @@ def test_the_tree_marks_the_paths_of_the_returned_sequences():
             assert path[::-1] == out.new_tokens[row, :length].tolist() and end["fate"] == "finished"
     figure = views.beam_tree_view(out, STRINGS).figure
     assert any(trace.name == "returned path" and trace.line.width == 3 for trace in figure.data)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if find_chromium() is None:
-        pytest.skip("no browser: Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
-    with chromium() as launched:
-        yield launched
 
 
 WINDOW = {"width": 1400, "height": 1000}

@@ -30,9 +30,9 @@ def check_trace(trace: object) -> Trace:
     return trace
 
 
-def check_generation(generation: object, what: str = "generation") -> Generation:
+def check_generation(generation: object) -> Generation:
     if not isinstance(generation, Generation):
-        raise ValueError(f"{what} must be what a decoder returns (a Generation), got {type(generation).__name__}")
+        raise ValueError(f"generation must be what a decoder returns (a Generation), got {type(generation).__name__}")
     return generation
 
 
@@ -62,20 +62,19 @@ def check_tokens(tokens: object, positions: int, padding: int = 0) -> list[str]:
     return list(tokens)
 
 
-def real_positions(real: Tensor | None, row: int, positions: int) -> Tensor:
-    """The positions of `row` that hold real tokens ((b t) bool `real`, or all when None)."""
-    if real is None:
-        return torch.arange(positions)
-    return real[row].nonzero().flatten().cpu()
+def real_row(real: Tensor | None, tokens: object, row: object, batch: int, positions: int) -> tuple[int, Tensor, list[str]]:
+    """The row to draw (checked), the positions of it that hold real tokens ((b t) bool `real`, or
+    all when None), and one label per real position (checked)."""
+    row = check_row(row, batch)
+    keep = torch.arange(positions) if real is None else real[row].nonzero().flatten().cpu()
+    return row, keep, check_tokens(tokens, len(keep), padding=positions - len(keep))
 
 
 def trace_row(trace, tokens: object, row: object) -> tuple[list[Tensor], list[str]]:
     """One row of a trace as the views draw it: each layer's maps (n_head t t) over the row's real
     positions only (a pruned head's map NaN), and one label per real position."""
     batch, _, positions, _ = check_trace(trace).attentions[0].shape
-    row = check_row(row, batch)
-    keep = real_positions(trace.real, row, positions)
-    tokens = check_tokens(tokens, len(keep), padding=positions - len(keep))
+    row, keep, tokens = real_row(trace.real, tokens, row, batch, positions)
     return [pattern[row].detach().float().cpu()[:, keep][:, :, keep] for pattern in trace.attentions], tokens
 
 

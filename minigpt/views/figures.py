@@ -25,7 +25,7 @@ from ..analysis.pruning import PruningCurve
 from ..checks import check_int, check_mask
 from ..model import Trace
 from ..training.experiment import by_variant
-from .checks import check_generation, check_lens, check_row, check_tokens, pruned, real_positions, shown, trace_row
+from .checks import check_generation, check_lens, check_row, pruned, real_row, shown, trace_row
 
 TokenStrings = Callable[[list[int]], list[str]]
 
@@ -99,10 +99,8 @@ def lens_row(lens: Tensor, tokens: object, token_strings: TokenStrings, row: obj
     """One row of analysis.logit_lens (l+1 b t v) over its real positions (attention_mask (b t),
     or all): each layer's likeliest next token's text and probability (l+1 t'), and the labels."""
     depth, batch, positions = check_lens(lens).shape[:3]
-    row = check_row(row, batch)
     real = None if attention_mask is None else check_mask("attention_mask", attention_mask, (batch, positions))
-    keep = real_positions(real, row, positions)
-    tokens = check_tokens(tokens, len(keep), padding=positions - len(keep))
+    row, keep, tokens = real_row(real, tokens, row, batch, positions)
     texts, probs = top_tokens(lens[:, row, keep.to(lens.device)], token_strings)  # (l+1) lists of t', (l+1 t')
     return texts, probs.cpu(), tokens
 
