@@ -40,3 +40,16 @@ def browser():
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture(scope="module")
+def experiment_corpus(tmp_path_factory):
+    """A corpus of two short texts in the shipped tokenizer, for the experiment runner's tests."""
+    from minigpt.training import Document, TokenCorpus, prepare
+    from weights import SHAKESPEARE, load_tokenizer
+
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 30
+    held = "The slings and arrows of outrageous fortune, or to take arms against a sea of troubles. " * 10
+    out = tmp_path_factory.mktemp("corpus")
+    prepare([Document("train", [text]), Document("held_out", [held])], load_tokenizer(SHAKESPEARE), out)
+    return TokenCorpus.open(out)

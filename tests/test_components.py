@@ -141,8 +141,10 @@ def test_rmsnorm_equals_layernorm_on_zero_mean_inputs_and_torchs_rmsnorm_on_any(
         for norm in (ours, theirs, reference):
             norm.weight.copy_(gain)
         centred = x - x.mean(dim=-1, keepdim=True)
-        assert (ours(centred) - theirs(centred)).abs().max() <= TOL
-        assert (ours(x) - reference(x)).abs().max() <= TOL
+        # relative to the output's size: a row of tiny values (x^2 near eps) gives outputs near |gain|
+        # whose rounding is relative; hypothesis found 1.2e-5 on an output of 1.85 (rows=3, width=1, seed=54)
+        for mine, other in ((ours(centred), theirs(centred)), (ours(x), reference(x))):
+            assert ((mine - other).abs() <= TOL * (1 + other.abs())).all()
 
 
 def test_swiglu_is_silu_of_the_gate_times_the_value_projected():

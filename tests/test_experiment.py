@@ -8,20 +8,20 @@ import json
 import pytest
 
 from minigpt import GPTConfig
-from minigpt.training import Document, TokenCorpus, TrainConfig, prepare
-from minigpt.training.experiment import Recipe, run_experiment, summary, table, variant_config
-from weights import SHAKESPEARE, load_tokenizer
+from minigpt.training import TrainConfig
+from minigpt.training.experiment import InProcess, Recipe, run_experiment, summary, table, variant_config
 
 BASE = GPTConfig(n_layer=1, n_head=4, n_embd=16, vocab_size=2048, n_positions=32)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 30
-    held = "The slings and arrows of outrageous fortune, or to take arms against a sea of troubles. " * 10
-    out = tmp_path_factory.mktemp("corpus")
-    prepare([Document("train", [text]), Document("held_out", [held])], load_tokenizer(SHAKESPEARE), out)
-    return TokenCorpus.open(out)
+def corpus(experiment_corpus):
+    return experiment_corpus
+
+
+def grid(*args, **options) -> list[dict]:
+    """run_experiment with its runs trained here, one thread each (tests/test_experiment_grid.py runs them on Ray)."""
+    return run_experiment(*args, workers=InProcess(threads=1), **options)
 
 
 def recipe(steps: int = 4, seeds=(0, 1)) -> Recipe:
@@ -57,7 +57,7 @@ def test_a_budget_too_small_for_one_evaluation_is_refused():
 def test_every_seed_sees_the_same_data_and_start_whatever_the_variant(corpus, tmp_path):
     """'learned' swaps in GPT-2's own position embedding: the baseline itself, so its runs must
     come out identical, seed for seed; a real swap does not."""
-    results = run_experiment(tmp_path, corpus, recipe(), ["learned", "rope"])
+    results = grid(tmp_path, corpus, recipe(), ["learned", "rope"])
     scores = {(r["variant"], r["seed"]): r["bits_per_byte"] for r in results}
     for seed in (0, 1):
         assert scores[("learned", seed)] == scores[("baseline", seed)]
@@ -70,19 +70,19 @@ def test_every_seed_sees_the_same_data_and_start_whatever_the_variant(corpus, tm
 
 
 def test_an_interrupted_experiment_keeps_its_finished_runs_and_resumes_exactly(corpus, tmp_path):
-    whole = run_experiment(tmp_path / "whole", corpus, recipe(), ["rope"])
+    whole = grid(tmp_path / "whole", corpus, recipe(), ["rope"])
 
     def interrupt(variant, seed, record):
         if variant == "rope" and seed == 0 and record["step"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(tmp_path / "cut", corpus, recipe(), ["rope"], report=interrupt)
+        grid(tmp_path / "cut", corpus, recipe(), ["rope"], report=interrupt)
     finished = sorted(p.parent.name for p in (tmp_path / "cut").glob("*/result.json"))
     assert finished == ["baseline-seed0", "baseline-seed1"]
     kept = (tmp_path / "cut" / "baseline-seed0" / "result.json").read_text()
     trained = []
-    again = run_experiment(tmp_path / "cut", corpus, recipe(), ["rope"],
+    again = grid(tmp_path / "cut", corpus, recipe(), ["rope"],
                            report=lambda variant, seed, record: trained.append((variant, seed, record["step"])))
     # step 3 was not saved (it was interrupted as it reported): the run goes on from step 2's state
     assert trained == [("rope", 0, 3), ("rope", 0, 4), ("rope", 1, 1), ("rope", 1, 2), ("rope", 1, 3), ("rope", 1, 4)]
@@ -91,16 +91,16 @@ def test_an_interrupted_experiment_keeps_its_finished_runs_and_resumes_exactly(c
 
 
 def test_a_directory_holds_one_recipe(corpus, tmp_path):
-    run_experiment(tmp_path, corpus, recipe(steps=2, seeds=(0,)), [])
+    grid(tmp_path, corpus, recipe(steps=2, seeds=(0,)), [])
     with pytest.raises(ValueError, match="holds an experiment with another recipe"):
-        run_experiment(tmp_path, corpus, recipe(steps=4, seeds=(0,)), [])
+        grid(tmp_path, corpus, recipe(steps=4, seeds=(0,)), [])
     assert json.loads((tmp_path / "recipe.json").read_text())["train"]["steps"] == 2
 
 
 def test_a_corpus_of_another_vocabulary_is_refused(corpus, tmp_path):
     other = Recipe(model=GPTConfig(**{**vars(BASE), "vocab_size": 50257}), train=recipe().train)
     with pytest.raises(ValueError, match="the corpus's tokenizer has 2048 tokens"):
-        run_experiment(tmp_path, corpus, other, [])
+        grid(tmp_path, corpus, other, [])
 
 
 @pytest.mark.parametrize("name, message", [
@@ -120,18 +120,18 @@ def test_seeds_torch_cannot_take_are_refused(seeds):
 
 def test_what_is_not_a_corpus_a_recipe_or_a_list_of_variants_is_refused(corpus, tmp_path):
     with pytest.raises(ValueError, match="corpus must be a TokenCorpus"):
-        run_experiment(tmp_path, None, recipe(), ["rope"])
+        grid(tmp_path, None, recipe(), ["rope"])
     with pytest.raises(ValueError, match="recipe must be a Recipe"):
-        run_experiment(tmp_path, corpus, {"seeds": [0]}, ["rope"])
+        grid(tmp_path, corpus, {"seeds": [0]}, ["rope"])
     with pytest.raises(ValueError, match="variants must be a list of names"):
-        run_experiment(tmp_path, corpus, recipe(), "rope")
+        grid(tmp_path, corpus, recipe(), "rope")
     assert not any(tmp_path.iterdir())  # nothing written by a refused call
 
 
 @pytest.mark.parametrize("written", ["[]", '{"variant": "baseline", "seed": 0, "cu', '{"variant": "rope", "seed": 0}'])
 def test_a_result_file_that_is_not_a_finished_runs_result_is_not_taken_for_one(corpus, tmp_path, written):
-    run_experiment(tmp_path, corpus, recipe(seeds=(0,)), [])
+    grid(tmp_path, corpus, recipe(seeds=(0,)), [])
     (tmp_path / "baseline-seed0" / "result.json").write_text(written)
     with pytest.raises(ValueError, match="baseline-seed0/result.json (is not the result of run baseline from seed 0|"
                                          "cannot be read as a run's result)"):
-        run_experiment(tmp_path, corpus, recipe(seeds=(0,)), [])
+        grid(tmp_path, corpus, recipe(seeds=(0,)), [])

@@ -215,6 +215,11 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("experiment.py", ["--variant", "window:0", "--out", "{empty}/x"], "window:0: after the colon comes a positive"),
     ("experiment.py", ["--steps", "3", "--out", "{empty}/x"], "--steps 3 is too small for --evals 4"),
     ("experiment.py", ["--variant", "rope", "--variant", "rope", "--out", "{empty}/x"], "a variant is named twice"),
+    ("experiment.py", ["--lrs", "1e-3,x", "--out", "{empty}/x"], "expected learning rates joined by commas"),
+    ("experiment.py", ["--lrs", "1e-3,0", "--out", "{empty}/x"], "each learning rate must be in (0, 10]"),
+    ("experiment.py", ["--lrs", "1e-3,1e-3", "--out", "{empty}/x"], "--lrs must be distinct learning rates"),
+    ("experiment.py", ["--workers", "0", "--out", "{empty}/x"], "--workers: must be an integer >= 1, got 0"),
+    ("experiment.py", ["--match", "steps", "--out", "{empty}/x"], "--match: invalid choice: 'steps'"),
 ]
 if not torch.cuda.is_available():
     BAD_ARGUMENTS.append(("generate.py", [W, "{ckpt}", "--prompt", "hi", "--device", "cuda"], "CUDA is not available"))

@@ -7,7 +7,9 @@
 - `parallel`: torchrun's processes as one group, each training on its share of every batch.
 - `trainer`: AdamW, warmup then cosine, clipping, accumulation, evaluation, exact resume.
 - `experiment`: a baseline and variants with swapped components, trained from several seeds on the
-  same data, compared on held-out bits per byte (imported as `minigpt.training.experiment`).
+  same data, compared on held-out bits per byte (imported as `minigpt.training.experiment`), with
+  `workers` (its runs as Ray tasks, or one after another here), `logs` (every run in TensorBoard),
+  `compare` (the table, and differences paired by seed with intervals) and `flops` (FLOPs per token).
 """
 
 from .batches import TokenWindows

@@ -8,10 +8,19 @@ with the same budget from several seeds, compared on the same held-out text with
   cannot be built (`gqa:3` with 4 heads).
 - Every run of seed s, whatever its variant, starts from `torch.manual_seed(s)` and reads the
   training windows in the order seed s draws them: a difference between variants at one seed is
-  the components', not the data's; the spread over seeds is what the initialisation and order add.
-- Each run is `train` (trainer.py) with its own state file, so an interrupted run resumes where it
-  was saved; a finished run leaves `result.json` and is not trained again: an interrupted
-  experiment keeps what it finished.
+  the components', not the data's (compare.py pairs them so); the spread over seeds is what the
+  initialisation and order add.
+- The budget is the same number of training tokens for every variant, or (`match="flops"`) the
+  same training FLOPs as the baseline's (flops.py): a cheaper variant trains for more steps.
+- One learning rate for every component favours some of them: with `lrs`, each variant first
+  trains from the first seed at each rate on the training text less its last tenth, is scored on
+  that tenth (a validation split cut from the training plays, never the held-out text), and the
+  grid then trains it at the rate that scored best.
+- Each run is a `Run`, trained by `train_run` wherever the workers put it (workers.py: Ray tasks by
+  default, or one after another in this process): with its own state file, so an interrupted run
+  resumes where it was saved, and its own TensorBoard log (logs.py). A finished run leaves
+  `result.json` and is not trained again: an interrupted experiment keeps what it finished. A run
+  that fails is reported with its error; the others go on.
 - The score is held-out bits per byte: the loss over every held-out token, in bits, per byte of
   the held-out text, so tokenizers of any size compare (here they are all the same one).
 """
@@ -19,6 +28,7 @@ with the same budget from several seeds, compared on the same held-out text with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -29,14 +39,22 @@ from typing import Callable
 
 import torch
 
+from ..checks import check_choice, check_float
 from ..config import GPTConfig
 from ..files import write_text_atomically
 from ..model import GPT
 from .batches import TokenWindows
+from .compare import BASELINE, failures, paired_differences, paired_table, summary, table
+from .flops import training_flops_per_token
+from .logs import RunLog, check_tensorboard
 from .token_file import TokenCorpus
 from .trainer import TrainConfig, train
+from .workers import Failed, InProcess, RayWorkers
 
-BASELINE = "baseline"
+__all__ = ["VARIANTS", "variant_config", "Recipe", "Run", "run_experiment", "train_run", "run_name", "summary", "table",
+           "paired_differences", "paired_table", "failures", "InProcess", "RayWorkers"]
+
+VALIDATION = 0.1  # the share of the training tokens, from their end, that a learning-rate sweep scores on
 
 
 # name -> (the config fields it sets, given the baseline config and the text after ":" or None)
@@ -91,11 +109,15 @@ def variant_config(base: GPTConfig, name: str) -> GPTConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What every run shares: the baseline model, the training loop, the context and the seeds."""
+    """What every run shares: the baseline model, the training loop, the context and the seeds;
+    match: "tokens" (every variant the same steps) or "flops" (the baseline's training FLOPs);
+    lrs: learning rates to choose from per variant on the validation split (none: train.lr for all)."""
 
     model: GPTConfig
     train: TrainConfig
     seeds: tuple[int, ...] = (0, 1, 2)
+    match: str = "tokens"
+    lrs: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, GPTConfig) or not isinstance(self.train, TrainConfig):
@@ -108,6 +130,11 @@ class Recipe:
         if self.train.steps < self.train.eval_every:
             raise ValueError(f"a budget of {self.train.steps} steps is too small for one evaluation (every "
                              f"{self.train.eval_every} steps): raise the steps or evaluate more often")
+        check_choice("match", self.match, ("tokens", "flops"))
+        if not isinstance(self.lrs, (tuple, list)) or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"lrs must be distinct learning rates, got {self.lrs!r:.60}")
+        for lr in self.lrs:
+            check_float("a learning rate of lrs", lr, 0, 10, open_low=True)
 
     @property
     def block(self) -> int:
@@ -116,9 +143,29 @@ class Recipe:
     def tokens_per_step(self) -> int:
         return self.train.batch * self.train.accumulate * self.block
 
+    def flops_per_token(self, config: GPTConfig) -> int:
+        with torch.device("meta"):  # counted from the shapes: no weights are made
+            return training_flops_per_token(GPT(config), self.block)
+
+    def loop(self, config: GPTConfig, lr: float) -> TrainConfig:
+        """The training loop of one variant: its learning rate (the schedule's floor in the same
+        proportion to it), and under match="flops" as many steps (as many evaluations, checkpoints
+        in proportion) as the baseline's FLOPs buy it."""
+        loop = dataclasses.replace(self.train, lr=lr, min_lr=lr * self.train.min_lr / self.train.lr)
+        if self.match == "tokens":
+            return loop
+        share = self.flops_per_token(self.model) / self.flops_per_token(config)
+        steps = max(1, round(loop.steps * share))
+        evaluations = math.ceil(loop.steps / loop.eval_every)  # the trainer evaluates at each multiple and the end
+        return dataclasses.replace(loop, steps=steps, eval_every=math.ceil(steps / evaluations),
+                                   save_every=max(1, round(loop.save_every * share)))
+
     def as_dict(self) -> dict:
-        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train),
-                "seeds": list(self.seeds)}
+        written = {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train),
+                   "seeds": list(self.seeds)}
+        if self.match != "tokens" or self.lrs:  # left out at their defaults: earlier experiments resume as they were
+            written.update(match=self.match, lrs=list(self.lrs))
+        return written
 
 
 def check_variants(recipe: Recipe, variants: list[str]) -> dict[str, GPTConfig]:
@@ -129,11 +176,32 @@ def check_variants(recipe: Recipe, variants: list[str]) -> dict[str, GPTConfig]:
     return {name: variant_config(recipe.model, name) for name in names}
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run, all it needs to train anywhere (a Ray worker on another node opens the corpus by its
+    path): scored on "held_out" (trained on all the training text) or "validation" (trained on the
+    training text less its last tenth, scored on that tenth: the learning-rate sweep)."""
+
+    directory: Path
+    corpus: Path
+    variant: str
+    seed: int
+    config: GPTConfig
+    loop: TrainConfig
+    block: int
+    scored_on: str = "held_out"
+
+
 def run_experiment(directory: str | Path, corpus: TokenCorpus, recipe: Recipe, variants: list[str], *,
-                   report: Callable[[str, int, dict], None] = lambda name, seed, record: None) -> list[dict]:
+                   workers: Callable | None = None, report: Callable[[str, int, dict], None] = lambda v, s, r: None,
+                   landed: Callable[[dict], None] = lambda result: None) -> list[dict]:
     """Train the baseline and each variant from each seed (those not finished in `directory` yet)
-    and return every run's result: variant, seed, parameters, tokens/s, and its held-out curve
-    in bits per byte. report(variant, seed, record) after every step (trainer.py's records)."""
+    and return every run's result, in the order variant by variant: variant, seed, learning rate,
+    parameters, FLOPs per token, tokens/s, where it ran, and its held-out curve in bits per byte;
+    a run that failed gives {"variant", "seed", "error"} instead.
+    workers: RayWorkers() (the default: a local Ray, or the cluster RAY_ADDRESS names) or InProcess().
+    report(variant, seed, record): after every step of a run trained in this process (trainer.py's records).
+    landed(result): as each run finishes or fails, in the order they do."""
     if not isinstance(corpus, TokenCorpus):
         raise ValueError(f"corpus must be a TokenCorpus (TokenCorpus.open of a prepared directory), got "
                          f"{type(corpus).__name__}")
@@ -141,23 +209,52 @@ def run_experiment(directory: str | Path, corpus: TokenCorpus, recipe: Recipe, v
         raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
     if isinstance(variants, str) or not isinstance(variants, (list, tuple)):
         raise ValueError(f"variants must be a list of names such as ['rope', 'rmsnorm,swiglu'], got {variants!r:.40}")
+    if workers is not None and not callable(workers):
+        raise ValueError(f"workers must be RayWorkers(...) or InProcess(...), got {type(workers).__name__}")
     configs = check_variants(recipe, variants)
     for name, tokens in (("training", corpus.train), ("held-out", corpus.held_out)):
         if len(tokens) < recipe.block + 1:
             raise ValueError(f"the {name} text is {len(tokens)} tokens, too short for windows of {recipe.block}")
+    if recipe.lrs and len(corpus.train) * VALIDATION < recipe.block + 1:
+        raise ValueError(f"the training text is {len(corpus.train)} tokens: its last tenth is too short to choose a "
+                         f"learning rate on, in windows of {recipe.block}")
     if corpus.tokenizer.vocab_size != recipe.model.vocab_size:
         raise ValueError(f"the corpus's tokenizer has {corpus.tokenizer.vocab_size} tokens, the recipe's model "
                          f"{recipe.model.vocab_size}")
-    directory = Path(directory)
+    check_tensorboard()
+    directory = Path(directory).absolute()  # a worker may start elsewhere
     directory.mkdir(parents=True, exist_ok=True)
     check_same_recipe(directory / "recipe.json", recipe)
-    bits_per_nat = len(corpus.held_out) / corpus.info["bytes"]["held_out"] / math.log(2)  # per token -> per byte
-    results = []
-    for name, config in configs.items():
-        for seed in recipe.seeds:
-            results.append(train_one(directory / run_name(name, seed), corpus, recipe, name, config, seed,
-                                     bits_per_nat, report))
-    return results
+    workers = RayWorkers() if workers is None else workers
+
+    def execute(runs: list[Run]) -> list[dict]:
+        return train_all(workers, runs, report, landed)
+
+    rates = {name: recipe.train.lr for name in configs}
+    if recipe.lrs:
+        sweep = {(name, lr): Run(directory / "sweep" / f"{run_name(name, recipe.seeds[0])}-lr{lr:g}",
+                                 corpus.directory.absolute(), name, recipe.seeds[0], config, recipe.loop(config, lr),
+                                 recipe.block, "validation")
+                 for name, config in configs.items() for lr in recipe.lrs}
+        scores = dict(zip(sweep, execute(list(sweep.values()))))
+        for name in configs:
+            tried = {lr: scores[name, lr].get("bits_per_byte", math.inf) for lr in recipe.lrs}
+            if min(tried.values()) < math.inf:  # every rate failed (each said why as it landed): train.lr
+                rates[name] = min(tried, key=tried.get)
+    runs = [Run(directory / run_name(name, seed), corpus.directory.absolute(), name, seed, config,
+                recipe.loop(config, rates[name]), recipe.block) for name, config in configs.items() for seed in recipe.seeds]
+    return execute(runs)
+
+
+def train_all(workers: Callable, runs: list[Run], report: Callable, landed: Callable) -> list[dict]:
+    """Every run's result in the order given: read if it finished before, else trained by the workers."""
+    results = {run: finished(run.directory / "result.json", run.variant, run.seed) for run in runs
+               if (run.directory / "result.json").exists()}
+    for run, outcome in workers(train_run, [run for run in runs if run not in results], report):
+        results[run] = ({"variant": run.variant, "seed": run.seed, "error": outcome.error}
+                        if isinstance(outcome, Failed) else outcome)
+        landed(results[run])
+    return [results[run] for run in runs]
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -173,34 +270,57 @@ def check_same_recipe(path: Path, recipe: Recipe) -> None:
     write_text_atomically(path, written + "\n")
 
 
-def train_one(run: Path, corpus: TokenCorpus, recipe: Recipe, name: str, config: GPTConfig, seed: int,
-              bits_per_nat: float, report: Callable[[str, int, dict], None]) -> dict:
-    """One variant from one seed: its result.json if it finished before, else trained (or resumed) now."""
-    done = run / "result.json"
-    if done.exists():
-        return finished(done, name, seed)
-    run.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = GPT(config)
-    state = run / "training-state.pt"
+@functools.lru_cache(maxsize=4)
+def opened(directory: Path) -> TokenCorpus:
+    """A corpus opened once per process (its ids are checked as it opens)."""
+    return TokenCorpus.open(directory)
+
+
+def split(run: Run) -> tuple[object, object, float]:
+    """The run's training tokens, the tokens it is scored on, and the factor from nats per token of
+    those to bits per byte (their bytes counted: the validation tenth's by decoding it)."""
+    corpus = opened(run.corpus)
+    if run.scored_on == "held_out":
+        return corpus.train, corpus.held_out, len(corpus.held_out) / corpus.info["bytes"]["held_out"] / math.log(2)
+    cut = len(corpus.train) - int(len(corpus.train) * VALIDATION)
+    scored = corpus.train[cut:]
+    return corpus.train[:cut], scored, len(scored) / len(corpus.tokenizer.decode_bytes(scored.tolist())) / math.log(2)
+
+
+def train_run(run: Run, report: Callable[[str, int, dict], None], where: str) -> dict:
+    """One variant from one seed: trained (or resumed) now, its log and result.json written."""
+    run.directory.mkdir(parents=True, exist_ok=True)
+    training, scored, bits_per_nat = split(run)
+    torch.manual_seed(run.seed)
+    model = GPT(run.config)
+    state = run.directory / "training-state.pt"
+    log = RunLog(run.directory, run.loop.save_every, bits_per_nat)
     speeds: list[float] = []
 
     def each_step(record: dict) -> None:
         speeds.append(record["tokens_per_s"])
-        report(name, seed, record)
+        log(record)
+        report(run.variant, run.seed, record)
 
     started = time.perf_counter()
-    history = train(model, TokenWindows(corpus.train, recipe.block, seed=seed),
-                    TokenWindows(corpus.held_out, recipe.block, seed=0), recipe.train, state_path=state,
-                    resume=state.exists(), report=each_step)
-    result = {"variant": name, "seed": seed, "components": config.components,
+    try:
+        history = train(model, TokenWindows(training, run.block, seed=run.seed), TokenWindows(scored, run.block, seed=0),
+                        run.loop, state_path=state, resume=state.exists(), report=each_step)
+    except BaseException:
+        log.close()
+        raise
+    tokens_per_step = run.loop.batch * run.loop.accumulate * run.block
+    result = {"variant": run.variant, "seed": run.seed, "lr": run.loop.lr, "steps": run.loop.steps,
+              "tokens_per_step": tokens_per_step, "components": run.config.components,
               "parameters": sum(p.numel() for p in model.parameters()),
+              "flops_per_token": training_flops_per_token(model, run.block),
               "tokens_per_s": statistics.median(speeds) if speeds else None,
-              "seconds": time.perf_counter() - started,
-              "curve": [{"step": h["step"], "tokens": h["step"] * recipe.tokens_per_step(),
+              "seconds": time.perf_counter() - started, "ran_on": where, "scored_on": run.scored_on,
+              "curve": [{"step": h["step"], "tokens": h["step"] * tokens_per_step,
                          "bits_per_byte": h["held_out"] * bits_per_nat} for h in history]}
     result["bits_per_byte"] = result["curve"][-1]["bits_per_byte"]
-    write_text_atomically(done, json.dumps(result, indent=1) + "\n")
+    log.finish(result)
+    write_text_atomically(run.directory / "result.json", json.dumps(result, indent=1) + "\n")
     state.unlink(missing_ok=True)  # the result is kept; the optimizer's state is not needed again
     return result
 
@@ -216,39 +336,3 @@ def finished(path: Path, name: str, seed: int) -> dict:
     if not isinstance(result, dict) or not wanted <= result.keys() or (result["variant"], result["seed"]) != (name, seed):
         raise ValueError(f"{path} is not the result of run {name} from seed {seed}; delete it to train the run again")
     return result
-
-
-def by_variant(results: list[dict]) -> dict[str, list[dict]]:
-    """The results grouped by variant, in the order first seen."""
-    groups: dict[str, list[dict]] = {}
-    for result in results:
-        groups.setdefault(result["variant"], []).append(result)
-    return groups
-
-
-def summary(results: list[dict]) -> list[dict]:
-    """Per variant, in the order first seen: held-out bits per byte (mean, standard deviation over
-    seeds, lowest, highest), the difference of the mean from the baseline's, parameters, tokens/s."""
-    rows = []
-    for name, runs in by_variant(results).items():
-        scores = [r["bits_per_byte"] for r in runs]
-        rows.append({"variant": name, "seeds": len(runs), "mean": statistics.fmean(scores),
-                     "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "low": min(scores),
-                     "high": max(scores), "parameters": runs[0]["parameters"],
-                     "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in runs if r["tokens_per_s"])})
-    base = next((row["mean"] for row in rows if row["variant"] == BASELINE), None)
-    for row in rows:
-        row["change"] = None if base is None else row["mean"] - base
-    return rows
-
-
-def table(rows: list[dict]) -> str:
-    """The summary as a Markdown table."""
-    lines = ["| variant | held-out bits/byte (mean ± sd over seeds) | range | vs baseline | parameters | tokens/s |",
-             "|---|---|---|---|---|---|"]
-    for row in rows:
-        change = "" if row["change"] is None or row["variant"] == BASELINE else f"{row['change']:+.4f}"
-        lines.append(f"| {row['variant']} | {row['mean']:.4f} ± {row['std']:.4f} ({row['seeds']} seeds) | "
-                     f"{row['low']:.4f}–{row['high']:.4f} | {change} | {row['parameters']:,} | "
-                     f"{row['tokens_per_s']:,.0f} |")
-    return "\n".join(lines)

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..analysis.pruning import PruningCurve
 from ..checks import check_int, check_mask
 from ..model import Trace
-from ..training.experiment import by_variant
+from ..training.compare import by_variant
 from .checks import check_generation, check_lens, check_row, pruned, real_row, shown, trace_row
 
 TokenStrings = Callable[[list[int]], list[str]]
