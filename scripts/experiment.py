@@ -39,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from common import (SHIPPED, Parser, draw_bar, machine_line, pictures, positive_int, non_negative_int, run, save,
                     thread_count)
 from minigpt import GPTConfig
@@ -91,6 +92,8 @@ def learning_rates(text: str) -> tuple[float, ...]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.workers == 1 and args.address:
+        raise ValueError("--address runs the grid on a Ray cluster; --workers 1 runs it in this process: give one")
     if args.steps < args.evals:
         raise ValueError(f"--steps {args.steps} is too small for --evals {args.evals}: each evaluation comes after "
                          "a share of the steps")
@@ -105,7 +108,8 @@ def main(args: argparse.Namespace) -> int:
     corpus = shakespeare_corpus(out / "corpus")
     where = machine_line()  # the load before the runs, not the runs' own
     if args.workers == 1:
-        workers, how = InProcess(args.threads), f"one run at a time in this process, {args.threads or 'torch default'} threads"
+        workers = InProcess(args.threads)
+        how = f"one run at a time in this process, {args.threads or torch.get_num_threads()} threads"
     else:
         workers = RayWorkers(args.address, threads=args.threads or 1, at_once=args.workers)
         how = (f"Ray tasks of {args.threads or 1} thread(s), {args.workers or 'as many as fit'} at once, on "
@@ -116,7 +120,8 @@ def main(args: argparse.Namespace) -> int:
           f"out: {len(corpus.held_out):,} tokens of {corpus.info['sources'][0]}; {how}; writing to {out} "
           f"(tensorboard --logdir {out})", flush=True)
     started = time.perf_counter()
-    results = run_experiment(out, corpus, recipe, args.variant, workers=workers, report=Progress({name: recipe.loop(config, args.lr).steps for name, config in configs.items()}),
+    steps = {name: recipe.loop(config, args.lr).steps for name, config in configs.items()}  # --match flops: each its own
+    results = run_experiment(out, corpus, recipe, args.variant, workers=workers, report=Progress(steps),
                              landed=Landed(len(configs) * (args.seeds + len(args.lrs))))
     grid = f"the grid took {time.perf_counter() - started:,.0f} s ({how})"
     finished = [r for r in results if "error" not in r]

@@ -220,6 +220,8 @@ BAD_ARGUMENTS = [  # script, arguments ({ckpt} and {tiny} are checkpoints), what
     ("experiment.py", ["--lrs", "1e-3,1e-3", "--out", "{empty}/x"], "--lrs must be distinct learning rates"),
     ("experiment.py", ["--workers", "0", "--out", "{empty}/x"], "--workers: must be an integer >= 1, got 0"),
     ("experiment.py", ["--match", "steps", "--out", "{empty}/x"], "--match: invalid choice: 'steps'"),
+    ("experiment.py", ["--workers", "1", "--address", "10.0.0.1:6379", "--out", "{empty}/x"],
+     "--address runs the grid on a Ray cluster; --workers 1 runs it in this process"),
 ]
 if not torch.cuda.is_available():
     BAD_ARGUMENTS.append(("generate.py", [W, "{ckpt}", "--prompt", "hi", "--device", "cuda"], "CUDA is not available"))
