@@ -200,7 +200,7 @@ def run_experiment(directory: str | Path, corpus: TokenCorpus, recipe: Recipe, v
     parameters, FLOPs per token, tokens/s, where it ran, and its held-out curve in bits per byte;
     a run that failed gives {"variant", "seed", "error"} instead.
     workers: RayWorkers() (the default: a local Ray, or the cluster RAY_ADDRESS names) or InProcess().
-    report(variant, seed, record): after every step of a run trained in this process (trainer.py's records).
+    report(variant, seed, record): after every step of every run, wherever it trains (trainer.py's records).
     landed(result): as each run finishes or fails, in the order they do."""
     if not isinstance(corpus, TokenCorpus):
         raise ValueError(f"corpus must be a TokenCorpus (TokenCorpus.open of a prepared directory), got "
