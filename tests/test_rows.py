@@ -2,7 +2,7 @@
 format and in every instruction-set level this CPU runs (cpu.LEVELS: the generic code, AVX2 + FMA,
 AVX-512, AVX-512 with VNNI, each its own build), against the format's product written in PyTorch
 (rows.format_product), and so against each other; the float kernel with and without its software
-prefetch; int8 from the blocks as stored and from tiles.
+prefetch; bfloat16 and int8 from the weights as stored and from tiles.
 
 Tolerance 1e-5 relative to the size of the terms (sum of |x| |W| per output): both sides add the
 same float32 products (for int8, of the same 16-bit-rounded x: the same float32 division and
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigpt.fast.cpu import LEVELS, capabilities
-from minigpt.fast.rows import (BLOCK, PREFETCH, TILE, built, fits, format_product, int8_tiles, quantize_blocks, rows_product,
-                               tiles_product, widened)
+from minigpt.fast.rows import (BLOCK, PREFETCH, TILE, built, fits, format_product, int8_tiles, pair_tiles, quantize_blocks,
+                               rows_product, tiles_product, widened)
 
 pytestmark = pytest.mark.skipif(not built(), reason="rows.cpp could not be built here (no C++ compiler)")
 
@@ -49,18 +49,21 @@ def test_every_level_computes_the_formats_product(level, rows, blocks, out, bias
 @settings(deadline=None, max_examples=40)
 @given(rows=st.integers(1, 19),  # 8 (AVX-512) or 4 rows at a time, then those left
        blocks=st.integers(1, 40), out=st.integers(1, 3 * TILE + 5), bias=st.booleans(), ahead=st.sampled_from([0, PREFETCH]),
-       seed=st.integers(0, 2**16))
-def test_every_level_computes_the_int8_product_from_tiles(level, rows, blocks, out, bias, ahead, seed):
-    """The tile kernel: the int8 format's product from the same blocks laid out in tiles of 16
-    outputs (the last padded with zeros, its padding never written out)."""
+       weights=st.sampled_from(["bfloat16", "int8"]), seed=st.integers(0, 2**16))
+def test_every_level_computes_the_formats_product_from_tiles(level, rows, blocks, out, bias, ahead, weights, seed):
+    """The tile kernels: the format's product from the same weights laid out in tiles of 16
+    outputs (the last padded with zeros, its padding never written out), int8 with its blocks'
+    scales in tiles too."""
     torch.manual_seed(seed)
-    x, (q, scales) = torch.randn(rows, blocks * BLOCK), quantize_blocks(torch.randn(out, blocks * BLOCK))
+    x, w = torch.randn(rows, blocks * BLOCK), torch.randn(out, blocks * BLOCK)
     b = torch.randn(out) if bias else None
-    tiles = int8_tiles(q, scales)
-    assert tiles[0].shape == (-(-out // TILE), blocks * BLOCK // 2, TILE, 2) and tiles[1].shape == (-(-out // TILE), blocks, TILE)
-    expected = format_product(x, q, scales, b)
-    scale_of_terms = x.abs() @ widened(q, scales).abs().T  # (rows out)
-    got = tiles_product(x, *tiles, b, out, level=level, ahead=ahead)
+    weight, scales = quantize_blocks(w) if weights == "int8" else (w.bfloat16(), None)
+    tiles, tile_scales = int8_tiles(weight, scales) if weights == "int8" else (pair_tiles(weight), None)
+    assert tiles.shape == (-(-out // TILE), blocks * BLOCK // 2, TILE, 2)
+    assert tile_scales is None or tile_scales.shape == (-(-out // TILE), blocks, TILE)
+    expected = format_product(x, weight, scales, b)
+    scale_of_terms = x.abs() @ widened(weight, scales).abs().T  # (rows out)
+    got = tiles_product(x, tiles, tile_scales, b, out, level=level, ahead=ahead)
     assert ((got - expected).abs() <= 1e-5 * (scale_of_terms + 1)).all()
 
 

@@ -103,7 +103,7 @@ def step_kernels(block: TransformerBlock, rows: int) -> list:
     """What decode_step's `kernels` holds for one block at `rows` rows: per matrix (c_attn,
     attn.c_proj, c_fc, mlp.c_proj), where its routes give that many rows to oneDNN, the weight and
     bias it passes oneDNN (packed_routes); to rows.cpp with a prefetch, its distance and
-    None; to rows.cpp's int8 tiles, [tiles, their scales, the prefetch distance] and None; else None,
+    None; to rows.cpp's tiles, [tiles, their scales (int8), the prefetch distance] and None; else None,
     None (rows.cpp)."""
     entries = []
     for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):

@@ -32,7 +32,7 @@ from ..embedding import TokenEmbedding
 from ..model import GPT
 from . import kernels
 from .kernels import Routes
-from .rows import BLOCK, PREFETCH, fits, format_product, int8_tiles, quantize_blocks, rows_product, tiles_product
+from .rows import BLOCK, PREFETCH, fits, format_product, int8_tiles, quantize_blocks, rows_product, tile_kernels
 from .swap import swap_weights
 
 
@@ -67,17 +67,13 @@ def int8_blocks(weight: Tensor) -> tuple[Tensor, Tensor]:
 def int8_routes(q: Tensor, scales: Tensor, bias: Tensor | None) -> Routes:
     """The kernels that multiply float32 rows by the int8 blocks: rows.cpp where it fits, and
     PyTorch's product on the blocks widened to float32 (module docstring)."""
-    kernels = {"widened": lambda x: format_product(x, q, scales, bias)}
+    kernels, fused_tiles = {"widened": lambda x: format_product(x, q, scales, bias)}, None
     if fits(q) and q.shape[1] // scales.shape[1] == BLOCK:  # with and without a software prefetch, as for floats
         kernels["rows.cpp"] = lambda x: rows_product(x, q, scales, bias)
         kernels["rows.cpp+prefetch"] = lambda x: rows_product(x, q, scales, bias, ahead=PREFETCH)
-        tiles = int8_tiles(q, scales)  # a second copy of the weights, in the layout of rows.cpp's tile kernel
-        kernels["rows.cpp tiles"] = lambda x: tiles_product(x, *tiles, bias, q.shape[0])
-        kernels["rows.cpp tiles+prefetch"] = lambda x: tiles_product(x, *tiles, bias, q.shape[0], ahead=PREFETCH)
-    routes = Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="widened")
-    if "rows.cpp tiles" in kernels:  # what the fused step passes rows.cpp for each (fused.step_kernels)
-        routes.tiles = {ahead: [*tiles, torch.tensor(ahead)] for ahead in (0, PREFETCH)}
-    return routes
+        tiled, fused_tiles = tile_kernels(*int8_tiles(q, scales), bias, q.shape[0])  # a second copy of the weights, in tiles
+        kernels |= tiled
+    return Routes(f"int8 {q.shape[1]}x{q.shape[0]}", kernels, default="widened", tiles=fused_tiles)
 
 
 class Int8Linear(nn.Module):

@@ -63,10 +63,11 @@ TRIES = 3  # times a noisy choice is timed again, by later calls, before the las
 
 class Routes:
     """The kernels that can multiply by one weight matrix, and which one takes how many rows.
-    `key` names the kind of matrix (format and shape) the choice is made and cached for."""
+    `key` names the kind of matrix (format and shape) the choice is made and cached for; `tiles`
+    what the fused step passes rows.cpp for its tile kernels, if it has them (rows.tile_kernels)."""
 
-    def __init__(self, key: str, kernels: dict[str, Kernel], default: str):
-        self.key, self.kernels = key, kernels
+    def __init__(self, key: str, kernels: dict[str, Kernel], default: str, tiles: dict[int, list] | None = None):
+        self.key, self.kernels, self.tiles = key, kernels, tiles or {}
         self.chosen = {1: default}  # row count -> kernel name, as measured (until then: `default` for all)
         self.by_rows = [kernels[default]] * (ROWS[-1] + 1)  # index r: the kernel for r rows
 

@@ -13,8 +13,9 @@ many rows is measured on the machine (kernels.py).
 
 bfloat16 weights (`weights=torch.bfloat16`) halve the bytes, and only the weights are rounded: the
 products take float32 activations and sum in float32 (rows.format_product). rows.cpp computes
-that on any CPU, widening the weights to float32 in registers, and PyTorch's float32 product on
-the weights widened in memory serves many rows. oneDNN's bfloat16 product is not one of them: it
+that on any CPU, widening the weights to float32 in registers, from the weights as stored and from
+a second copy in tiles of 16 outputs (rows.pair_tiles: a prompt's rows at twice the speed), and
+PyTorch's float32 product on the weights widened in memory serves many rows. oneDNN's bfloat16 product is not one of them: it
 rounds the activations and its result to bfloat16 too (and raises on a CPU without AVX-512).
 
 Inference only: packing freezes the weights (no gradients flow through a packed product), and
@@ -32,7 +33,7 @@ from ..model import GPT
 from . import kernels
 from . import cpu
 from .kernels import Routes
-from .rows import PREFETCH, fits, format_product, rows_product
+from .rows import PREFETCH, fits, format_product, pair_tiles, rows_product, tile_kernels
 from .swap import swap_weights
 
 PACKABLE = (torch.float32, torch.bfloat16)
@@ -89,16 +90,20 @@ def packed_routes(weight: Tensor, bias: Tensor | None) -> tuple[Routes, Tensor |
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
         kernels["oneDNN"] = onednn
+    fused_tiles = None
     if fits(weight):  # with and without a software prefetch: which streams faster depends on the CPU (rows.cpp)
         kernels["rows.cpp"] = lambda x: rows_product(x, weight, None, bias)
         kernels["rows.cpp+prefetch"] = lambda x: rows_product(x, weight, None, bias, ahead=PREFETCH)
+        if weight.dtype == torch.bfloat16:  # a second copy in tiles: a prompt's rows at the FMA's speed (rows.cpp)
+            tiled, fused_tiles = tile_kernels(pair_tiles(weight), None, bias, weight.shape[0])
+            kernels |= tiled
     if weight.dtype == torch.float32:
         kernels["ATen"] = lambda x: F.linear(x, weight, bias)
     else:
         kernels["widened"] = lambda x: format_product(x, weight, None, bias)
     name = str(weight.dtype).removeprefix("torch.")
     default = "oneDNN" if "oneDNN" in kernels else "ATen" if "ATen" in kernels else "widened"
-    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default=default), packed
+    return Routes(f"{name} {weight.shape[1]}x{weight.shape[0]}", kernels, default=default, tiles=fused_tiles), packed
 
 
 def routed(routes: Routes, x: Tensor, weights: torch.dtype) -> Tensor:

@@ -415,14 +415,121 @@ struct TileTimes {
   }
 };
 
-template <int R>  // rows<left>, left < R + 1 known only at run time, for the rows left over
-void leftover(const TileTimes& times, int64_t r0, int64_t tile, int64_t left) {
+// bfloat16 W in the same tiles (out/16 in/2 16 2): each 32-bit word holds one output's pair of
+// weights (k, k + 1), k's in the low half. As bfloat16 is float32's top 16 bits, the word shifted
+// left by 16 is weight k in float32 and the word with its low half cleared is weight k + 1: two
+// integer operations widen 32 weights (16 outputs x 2), no shuffle, where the rows layout takes a
+// widening shuffle per 16. Times x[k] and x[k + 1] broadcast to every lane, each FMA adds a
+// product to 16 outputs, so that x is read once a tile, not once an output, and no output ends
+// in a horizontal sum: a prompt's many rows run at the FMA's speed (docs/fast.md).
+struct BFloat16TileTimes {
+  const float* x;         // (rows in)
+  int64_t in;
+  const uint16_t* tiles;  // (out/16 in/2 16 2)
+  int64_t out;
+  const float* bias;
+  float* y;
+  int64_t ahead;  // bytes, as FloatTimes'
+
+#if defined(__AVX512F__)
+  static constexpr int ROWS_TOGETHER = 8;  // 2 sums a row (even and odd k): 16 of the 32 registers
+  template <int R>
+  void rows(int64_t r0, int64_t tile) const {
+    const uint16_t* w = tiles + tile * in * TILE;
+    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+    __m512 even[R], odd[R];
+    for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < in; k += 2) {
+      const uint16_t* at = w + k * TILE;  // 16 outputs' pairs: 64 bytes, a cache line
+      if (ahead) __builtin_prefetch(reinterpret_cast<const char*>(at) + ahead);
+      const __m512i both = _mm512_loadu_si512(at);
+      const __m512 first = _mm512_castsi512_ps(_mm512_slli_epi32(both, 16)), second = _mm512_castsi512_ps(_mm512_and_si512(both, high));
+      for (int r = 0; r < R; ++r) {
+        const float* xr = x + (r0 + r) * in + k;
+        even[r] = _mm512_fmadd_ps(first, _mm512_set1_ps(xr[0]), even[r]);
+        odd[r] = _mm512_fmadd_ps(second, _mm512_set1_ps(xr[1]), odd[r]);
+      }
+    }
+    alignas(64) float lanes[TILE];
+    for (int r = 0; r < R; ++r) {
+      _mm512_store_ps(lanes, _mm512_add_ps(even[r], odd[r]));
+      write(r0 + r, tile, lanes);
+    }
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  static constexpr int ROWS_TOGETHER = 4;  // 2 sums a row (even and odd k): 8 of the 16 registers
+  template <int R>
+  void rows(int64_t r0, int64_t tile) const {  // a tile as two halves of 8 outputs, one after the other: both
+    // at once leave room for one sum a row and half, two FMAs chained into it a pair (half the speed)
+    const uint16_t* w = tiles + tile * in * TILE;
+    const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+    alignas(32) float lanes[R][TILE];
+    for (int half = 0; half < 2; ++half) {
+      __m256 even[R], odd[R];
+      for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm256_setzero_ps();
+      for (int64_t k = 0; k < in; k += 2) {
+        const uint16_t* at = w + k * TILE;
+        if (ahead && half == 0) __builtin_prefetch(reinterpret_cast<const char*>(at) + ahead);
+        const __m256i both = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + half * 8 * 2));
+        const __m256 first = _mm256_castsi256_ps(_mm256_slli_epi32(both, 16)), second = _mm256_castsi256_ps(_mm256_and_si256(both, high));
+        for (int r = 0; r < R; ++r) {
+          const float* xr = x + (r0 + r) * in + k;
+          even[r] = _mm256_fmadd_ps(first, _mm256_set1_ps(xr[0]), even[r]);
+          odd[r] = _mm256_fmadd_ps(second, _mm256_set1_ps(xr[1]), odd[r]);
+        }
+      }
+      for (int r = 0; r < R; ++r) _mm256_store_ps(lanes[r] + half * 8, _mm256_add_ps(even[r], odd[r]));
+    }
+    for (int r = 0; r < R; ++r) write(r0 + r, tile, lanes[r]);
+  }
+#else
+  static constexpr int ROWS_TOGETHER = 4;
+  template <int R>
+  void rows(int64_t r0, int64_t tile) const {
+    const uint16_t* w = tiles + tile * in * TILE;
+    for (int r = 0; r < R; ++r) {
+      const float* xr = x + (r0 + r) * in;
+      float lanes[TILE] = {};
+      for (int64_t k = 0; k < in; ++k)
+        for (int64_t j = 0; j < TILE; ++j) {
+          const uint32_t bits = static_cast<uint32_t>(w[(k / 2 * TILE + j) * 2 + k % 2]) << 16;
+          float weight;
+          std::memcpy(&weight, &bits, sizeof weight);
+          lanes[j] += weight * xr[k];
+        }
+      write(r0 + r, tile, lanes);
+    }
+  }
+#endif
+
+  void write(int64_t row, int64_t tile, const float* lanes) const {  // the tile's real outputs (the last may be padding)
+    const int64_t first = tile * TILE, count = std::min(TILE, out - first);
+    for (int64_t j = 0; j < count; ++j) y[row * out + first + j] = lanes[j] + (bias ? bias[first + j] : 0.0f);
+  }
+};
+
+// Each thread takes a share of the tiles; each tile is read from memory once and multiplied by x's
+// rows ROWS_TOGETHER at a time, then the few left: times.rows<left>, left known only at run time.
+template <int R, typename Times>
+void leftover(const Times& times, int64_t r0, int64_t tile, int64_t left) {
   if constexpr (R > 0) {
     if (left == R)
-      times.rows<R>(r0, tile);
+      times.template rows<R>(r0, tile);
     else
       leftover<R - 1>(times, r0, tile, left);
   }
+}
+
+template <typename Times>
+void each_tile(int64_t rows, int64_t count, const Times& times) {
+  constexpr int together = Times::ROWS_TOGETHER;
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      int64_t r0 = 0;
+      for (; r0 + together <= rows; r0 += together) times.template rows<together>(r0, tile);
+      leftover<together - 1>(times, r0, tile, rows - r0);
+    }
+  });
 }
 
 at::Tensor tiles_product(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scales, const at::Tensor& bias, int64_t out,
@@ -430,22 +537,20 @@ at::Tensor tiles_product(const at::Tensor& x, const at::Tensor& tiles, const at:
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be (rows in) float32");
   const int64_t rows = x.size(0), in = x.size(1), count = (out + TILE - 1) / TILE;
   TORCH_CHECK(in % BLOCK == 0, "in must be a multiple of 32");
-  TORCH_CHECK(tiles.scalar_type() == at::kChar && tiles.is_contiguous() && tiles.numel() == count * TILE * in,
-              "tiles must be (out/16 in/2 16 2) int8");
+  TORCH_CHECK((tiles.scalar_type() == at::kChar || tiles.scalar_type() == at::kBFloat16) && tiles.is_contiguous() &&
+                  tiles.numel() == count * TILE * in,
+              "tiles must be (out/16 in/2 16 2) int8 or bfloat16");
+  auto y = at::empty({rows, out}, x.options());
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  if (tiles.scalar_type() == at::kBFloat16) {
+    each_tile(rows, count, BFloat16TileTimes{x.data_ptr<float>(), in, reinterpret_cast<const uint16_t*>(tiles.data_ptr()), out, b,
+                                             y.data_ptr<float>(), ahead});
+    return y;
+  }
   TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.numel() == count * TILE * (in / BLOCK),
               "tile scales must be (out/16 in/32 16) float16");
-  auto y = at::empty({rows, out}, x.options());
   const QuantizedRows quantized(x.data_ptr<float>(), rows, in);
-  const TileTimes times{quantized, tiles.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), out,
-                        bias.numel() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), ahead};
-  constexpr int together = TileTimes::ROWS_TOGETHER;
-  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      int64_t r0 = 0;
-      for (; r0 + together <= rows; r0 += together) times.rows<together>(r0, tile);
-      leftover<together - 1>(times, r0, tile, rows - r0);
-    }
-  });
+  each_tile(rows, count, TileTimes{quantized, tiles.data_ptr<int8_t>(), scales.data_ptr<at::Half>(), out, b, y.data_ptr<float>(), ahead});
   return y;
 }
 

@@ -118,24 +118,40 @@ def rows_product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor 
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def tiles_product(x: Tensor, tiles: Tensor, scales: Tensor, bias: Tensor | None, out: int, *,
+def tiles_product(x: Tensor, tiles: Tensor, scales: Tensor | None, bias: Tensor | None, out: int, *,
                   level: str | None = None, ahead: int = 0) -> Tensor:
-    """x (... in) float32 -> x Wᵀ + b (... out), W int8 in tiles (`int8_tiles`): the int8 format's
-    numbers, as `rows_product` computes them from the blocks as stored. `level` and `ahead` as there."""
+    """x (... in) float32 -> x Wᵀ + b (... out), W in tiles (`pair_tiles`): bfloat16 (scales None),
+    or int8 with its blocks' scales in tiles too (`int8_tiles`). The format's numbers, as
+    `rows_product` computes them from W as stored. `level` and `ahead` as there."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows in)
-    y = ops(level).tiles_product(rows, tiles, scales, rows.new_empty(0) if bias is None else bias, out, ahead)
+    empty = rows.new_empty(0)
+    y = ops(level).tiles_product(rows, tiles, empty if scales is None else scales, empty if bias is None else bias, out, ahead)
     return y.view(*x.shape[:-1], out)
+
+
+def pair_tiles(weight: Tensor) -> Tensor:
+    """(out in) -> the tiles rows.cpp's tile kernels read: the outputs in groups of TILE, each pair
+    of weights along a row beside the same pair of the group's other outputs, (out/TILE in/2 TILE
+    2); the last group padded with zero weights (rows.cpp says why this layout)."""
+    weight = torch.cat([weight, weight.new_zeros(-weight.shape[0] % TILE, weight.shape[1])])
+    return weight.view(-1, TILE, weight.shape[1] // 2, 2).transpose(1, 2).contiguous()
+
+
+def tile_kernels(tiles: Tensor, scales: Tensor | None, bias: Tensor | None, out: int) -> tuple[dict, dict[int, list]]:
+    """The tile kernel as two candidates for a matrix's routes (kernels.py), without and with the
+    prefetch, and what the fused step passes rows.cpp for each (fused.step_kernels): {prefetch
+    distance: [tiles, scales (empty for bfloat16), the distance as a one-element tensor]}."""
+    kernels = {"rows.cpp tiles": lambda x: tiles_product(x, tiles, scales, bias, out),
+               "rows.cpp tiles+prefetch": lambda x: tiles_product(x, tiles, scales, bias, out, ahead=PREFETCH)}
+    stored = tiles.new_empty(0, dtype=torch.float16) if scales is None else scales
+    return kernels, {ahead: [tiles, stored, torch.tensor(ahead)] for ahead in (0, PREFETCH)}
 
 
 def int8_tiles(q: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
     """int8 blocks as stored, q (out in) and their scales (out in/32), as tiles_product reads them:
-    the outputs in groups of TILE, each pair of weights along a row beside the same pair of the
-    group's other outputs, (out/TILE in/2 TILE 2), and the scales (out/TILE in/32 TILE); the last
-    group padded with zero weights (rows.cpp says why this layout)."""
-    pad = -q.shape[0] % TILE
-    q, scales = torch.cat([q, q.new_zeros(pad, q.shape[1])]), torch.cat([scales, scales.new_zeros(pad, scales.shape[1])])
-    tiles = q.view(-1, TILE, q.shape[1] // 2, 2).transpose(1, 2).contiguous()
-    return tiles, scales.view(-1, TILE, scales.shape[1]).transpose(1, 2).contiguous()
+    q in `pair_tiles`, and the scales beside their outputs, (out/TILE in/32 TILE), zero for padding."""
+    scales = torch.cat([scales, scales.new_zeros(-scales.shape[0] % TILE, scales.shape[1])])
+    return pair_tiles(q), scales.view(-1, TILE, scales.shape[1]).transpose(1, 2).contiguous()
 
 
 def quantize_blocks(weight: Tensor, block: int = BLOCK, scales: torch.dtype = torch.float16,
