@@ -168,11 +168,11 @@ def test_results_equal_whatever_kernel_is_chosen(config, weights, seed):
     optimized = optimize(copy.deepcopy(model), weights=weights)
     names = sorted({name for routes in routes_of(optimized) for name in routes.kernels})
     assert {"rows.cpp", "oneDNN" if weights == "float32" else "widened"} <= set(names)
-    for rows in (slice(0, 1), slice(0, 3)):  # a step's row, and a batch
-        scale = expected[rows].abs().max()
-        results = {name: forced(optimized, name)(ids[rows], attention_mask=mask[rows]) for name in names}
+    for part in (slice(0, 1), slice(0, 3)):  # a step's row, and a batch
+        scale = expected[part].abs().max()
+        results = {name: forced(optimized, name)(ids[part], attention_mask=mask[part]) for name in names}
         for name, got in results.items():
-            assert (got - expected[rows]).abs().max() <= FORMAT_BOUND[weights] * scale, name
+            assert (got - expected[part]).abs().max() <= FORMAT_BOUND[weights] * scale, name
             assert (got - results[names[0]]).abs().max() <= ROUNDING[weights] * scale, (name, names[0])
 
 
