@@ -15,8 +15,9 @@ bfloat16 weights (`weights=torch.bfloat16`) halve the bytes, and only the weight
 products take float32 activations and sum in float32 (rows.format_product). rows.cpp computes
 that on any CPU, widening the weights to float32 in registers, from the weights as stored and from
 a second copy in tiles of 16 outputs (rows.pair_tiles: a prompt's rows at twice the speed), and
-PyTorch's float32 product on the weights widened in memory serves many rows. oneDNN's bfloat16 product is not one of them: it
-rounds the activations and its result to bfloat16 too (and raises on a CPU without AVX-512).
+PyTorch's float32 product on the weights widened in memory serves many rows. oneDNN's bfloat16
+product is not one of them: it rounds the activations and its result to bfloat16 too (and raises
+on a CPU without AVX-512).
 
 Inference only: packing freezes the weights (no gradients flow through a packed product), and
 they stay on the CPU. Pack after loading; save the unpacked model.
