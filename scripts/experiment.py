@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -112,8 +111,9 @@ def main(args: argparse.Namespace) -> int:
         how = f"one run at a time in this process, {args.threads or torch.get_num_threads()} threads"
     else:
         workers = RayWorkers(args.address, threads=args.threads or 1, at_once=args.workers)
+        target = workers.target
         how = (f"Ray tasks of {args.threads or 1} thread(s), {args.workers or 'as many as fit'} at once, on "
-               f"{args.address or os.environ.get('RAY_ADDRESS') or 'a local Ray of this machine'}")
+               f"{'a local Ray of this machine' if target == 'local' else target}")
     print(where)
     budget = "the baseline's training FLOPs" if args.match == "flops" else f"{args.steps} steps"
     print(f"{len(configs)} variants x {args.seeds} seeds, {budget} of {recipe.tokens_per_step():,} tokens each; held "

@@ -141,7 +141,7 @@ class Recipe:
         return self.model.n_positions  # each run trains on windows as long as its context
 
     def tokens_per_step(self) -> int:
-        return self.train.batch * self.train.accumulate * self.block
+        return tokens_in_a_step(self.train, self.block)
 
     def flops_per_token(self, config: GPTConfig) -> int:
         with torch.device("meta"):  # counted from the shapes: no weights are made
@@ -166,6 +166,11 @@ class Recipe:
         if self.match != "tokens" or self.lrs:  # left out at their defaults: earlier experiments resume as they were
             written.update(match=self.match, lrs=list(self.lrs))
         return written
+
+
+def tokens_in_a_step(loop: TrainConfig, block: int) -> int:
+    """The training tokens of one optimizer step: windows of `block` per batch, batches accumulated."""
+    return loop.batch * loop.accumulate * block
 
 
 def check_variants(recipe: Recipe, variants: list[str]) -> dict[str, GPTConfig]:
@@ -309,14 +314,14 @@ def train_run(run: Run, report: Callable[[str, int, dict], None], where: str) ->
     except BaseException:
         log.close()
         raise
-    tokens_per_step = run.loop.batch * run.loop.accumulate * run.block
+    step_tokens = tokens_in_a_step(run.loop, run.block)
     result = {"variant": run.variant, "seed": run.seed, "lr": run.loop.lr, "steps": run.loop.steps,
-              "tokens_per_step": tokens_per_step, "components": run.config.components,
+              "tokens_per_step": step_tokens, "components": run.config.components,
               "parameters": sum(p.numel() for p in model.parameters()),
               "flops_per_token": training_flops_per_token(model, run.block),
               "tokens_per_s": statistics.median(speeds) if speeds else None,
               "seconds": time.perf_counter() - started, "ran_on": where, "scored_on": run.scored_on,
-              "curve": [{"step": h["step"], "tokens": h["step"] * tokens_per_step,
+              "curve": [{"step": h["step"], "tokens": h["step"] * step_tokens,
                          "bits_per_byte": h["held_out"] * bits_per_nat} for h in history]}
     result["bits_per_byte"] = result["curve"][-1]["bits_per_byte"]
     log.finish(result)

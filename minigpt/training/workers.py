@@ -10,9 +10,10 @@ directory at the same path (a shared filesystem), since each run writes its file
 Both are called the same way, `workers(train, runs, report)`, and yield `(run, outcome)` as each
 run finishes, in the order they finish: `outcome` is what `train(run, report, where)` returned,
 or a `Failed` saying why (a NaN loss, a damaged checkpoint, a killed worker); the other runs go on.
-`where` names the process (Ray: the node) that trained it. On a small model, two runs at one thread
-each beat one run at two threads (README: the grid's wall-clock against --workers 1), so a Ray run
-takes one thread by default.
+`where` names the process (Ray: the node) that trained it. A Ray run takes one thread by default,
+so that the grid fills every core of a cluster and a run's result does not depend on its node's
+cores. On 2 cores that gained nothing: two runs side by side at one thread each took as long as
+one after the other at two threads (README: the grid's wall-clock against --workers 1).
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ class RayWorkers:
         self.threads = check_int("threads", threads, 1)
         self.at_once = None if at_once is None else check_int("at_once", at_once, 1)
 
+    @property
+    def target(self) -> str:
+        """The cluster `ray.init` is given: the address, else RAY_ADDRESS, else "local" (not None:
+        Ray's None would join whatever cluster this machine started last, `ray start` or a test's,
+        where this grid's default is a Ray of its own)."""
+        return self.address or os.environ.get("RAY_ADDRESS") or "local"
+
     def __call__(self, train: Callable, runs: list, report: Callable) -> Iterator[tuple[object, object]]:
         try:
             import ray
@@ -101,10 +109,7 @@ class RayWorkers:
                              "(or train the runs one after another in this process: --workers 1)") from None
         started_here = not ray.is_initialized()
         if started_here:
-            # "local", not None: Ray's None would join whatever cluster this machine started last
-            # (`ray start`, a test's), where this grid's default is a Ray of its own
-            address = self.address or os.environ.get("RAY_ADDRESS") or "local"
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address=self.target, include_dashboard=False, logging_level=logging.WARNING)
         from ray.util.queue import Queue
 
         task = ray.remote(num_cpus=self.threads)(_train_in_worker)
